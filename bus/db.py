@@ -1,0 +1,177 @@
+"""The database connection: one SQLAlchemy engine over SQLite or PostgreSQL (psycopg 3).
+
+Everything that touches the database goes through :class:`Database`, which
+
+* opens the embedded SQLite file (WAL, so the dashboard can read while the daemon writes)
+  or a pooled PostgreSQL connection (``postgresql://`` and ``postgres://`` URLs, as
+  managed services and Supabase hand them out, are taken as they are);
+* scopes each database transaction to one tenant (``bustrail.tenant``, which the
+  PostgreSQL row-level security policies read);
+* translates driver errors into :class:`~bus.errors.StoreError`, in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from bus.errors import StoreError
+
+__all__ = [
+    "Database",
+    "as_utc",
+    "created_at_of",
+    "mask_url",
+    "new_transaction_id",
+    "normalize_url",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands timestamps back naive; every timestamp bustrail writes is UTC."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
+
+
+def new_transaction_id(now: datetime | None = None) -> tuple[uuid.UUID, datetime]:
+    """A UUIDv7 and the millisecond timestamp inside it, which becomes ``created_at``.
+
+    Keeping the two equal lets a lookup by id name its PostgreSQL partition. Written
+    here rather than taken from ``uuid6`` because seeding history and tests need ids for
+    a given time, which ``uuid6.uuid7()`` cannot make.
+    """
+    ms = int((now or utcnow()).timestamp() * 1000)
+    rand = uuid.uuid4().int
+    value = (ms & ((1 << 48) - 1)) << 80
+    value |= 0x7 << 76  # version 7
+    value |= ((rand >> 64) & 0xFFF) << 64  # rand_a (12 bits)
+    value |= 0x2 << 62  # RFC 4122 variant
+    value |= rand & ((1 << 62) - 1)  # rand_b
+    tx_id = uuid.UUID(int=value)
+    return tx_id, created_at_of(tx_id)
+
+
+def created_at_of(transaction_id: uuid.UUID) -> datetime:
+    """The creation time a UUIDv7 carries (millisecond precision)."""
+    if transaction_id.version != 7:
+        raise ValueError(f"{transaction_id} is not a UUIDv7 transaction id")
+    ms = transaction_id.int >> 80
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def normalize_url(url: str) -> str:
+    """Map the URL forms people paste to the SQLAlchemy driver bustrail uses."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def mask_url(url: str) -> str:
+    """A database URL with its password replaced by ***."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return "<unparseable database URL>"
+
+
+class Database:
+    """An engine plus the few things every caller needs from it."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = normalize_url(url)
+        self.dialect_name = "postgresql" if self.url.startswith("postgresql") else "sqlite"
+        self.engine: Engine = self._create_engine(pool_size=pool_size, echo=echo)
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.dialect_name == "postgresql"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL with its password masked, for logs and `config show`."""
+        return mask_url(self.url)
+
+    def _create_engine(self, *, pool_size: int, echo: bool) -> Engine:
+        if self.dialect_name == "sqlite":
+            path = sa.engine.make_url(self.url).database
+            if path and path != ":memory:":
+                Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            engine = sa.create_engine(
+                self.url,
+                echo=echo,
+                connect_args={"check_same_thread": False, "timeout": 30},
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            return engine
+        return sa.create_engine(
+            self.url,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            pool_pre_ping=True,
+            pool_timeout=10,
+            connect_args={"connect_timeout": 5},
+        )
+
+    @contextlib.contextmanager
+    def begin(self, tenant: str | None = None) -> Iterator[Connection]:
+        """A database transaction, scoped to ``tenant`` when one is given."""
+        with translate_errors(), self.engine.begin() as conn:
+            if tenant is not None:
+                self.scope(conn, tenant)
+            yield conn
+
+    def scope(self, conn: Connection, tenant: str) -> None:
+        """Make the rest of this database transaction act for ``tenant`` (RLS)."""
+        if self.is_postgres:
+            conn.execute(
+                sa.text("SELECT set_config('bustrail.tenant', :tenant, true)"), {"tenant": tenant}
+            )
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with translate_errors(), self.engine.connect() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        """Raise StoreError unless the database answers a trivial query."""
+        with self.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        raise StoreError(f"database error: {detail}") from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"database error: {exc}") from exc
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
