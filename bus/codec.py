@@ -34,6 +34,7 @@ __all__ = [
 
 DEFAULT_PROBE_BYTES = 4 * 1024 * 1024
 _PIECE = 1024 * 1024  # largest slice fed to a (de)compressor at once
+_GZIP_INPUT = 64 * 1024  # compressed bytes handed to zlib at once when decoding
 
 
 class Compression(StrEnum):
@@ -204,7 +205,8 @@ class Encoder:
         chunks: list[bytes] = []
         size = self._chunk_size
         while len(self._out) >= size or (final and self._out):
-            chunk = bytes(self._out[:size])
+            with memoryview(self._out) as view:  # one copy, not a slice and then a copy
+                chunk = bytes(view[:size])
             del self._out[:size]
             chunks.append(chunk)
             self._stored_size += len(chunk)
@@ -213,23 +215,94 @@ class Encoder:
 
 
 class _ChunkReader:
-    """A read(n) view over an iterator of chunks, as zstandard's streaming API wants."""
+    """A read(n) view over an iterator of chunks, as zstandard's streaming API wants.
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    Hands out memoryview slices of each chunk (no copies), and shows every byte it
+    hands out to ``tracker``.
+    """
+
+    def __init__(self, chunks: Iterable[bytes], tracker: _ZstdFrameEnd | None = None) -> None:
         self._chunks = iter(chunks)
-        self._buffer = b""
+        self._view = memoryview(b"")
+        self._tracker = tracker
 
-    def read(self, size: int = -1) -> bytes:
-        while not self._buffer:
+    def read(self, size: int = -1) -> memoryview:
+        while not self._view:
             try:
-                self._buffer = bytes(next(self._chunks))
+                self._view = memoryview(next(self._chunks))
             except StopIteration:
-                return b""
-        if size < 0 or size >= len(self._buffer):
-            data, self._buffer = self._buffer, b""
+                return memoryview(b"")
+        if size < 0 or size >= len(self._view):
+            data, self._view = self._view, memoryview(b"")
         else:
-            data, self._buffer = self._buffer[:size], self._buffer[size:]
+            data, self._view = self._view[:size], self._view[size:]
+        if self._tracker is not None:
+            self._tracker.update(data)
         return data
+
+
+class _ZstdFrameEnd:
+    """Follows one zstd frame's headers (RFC 8878, 3.1.1) as its bytes stream past.
+
+    zstandard's streaming reader returns end-of-data alike for a complete frame and for
+    one cut short at a block boundary, and its one-shot API would hold all the output in
+    memory; reading the 3-byte block headers (and skipping the block contents) tells the
+    two apart at no real cost. ``complete`` once the last block (and the content checksum,
+    when the frame has one) went past; ``trailing`` if any byte came after that.
+    """
+
+    def __init__(self) -> None:
+        self._held = bytearray()  # the header being collected
+        self._need = 5  # magic number + frame header descriptor
+        self._skip = 0  # bytes still to pass over (rest of the frame header, block contents)
+        self._in_blocks = False
+        self._last = False
+        self._checksum = 0
+        self.complete = False
+        self.trailing = False
+
+    def update(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._skip:
+                step = min(self._skip, end - pos)
+                self._skip -= step
+                pos += step
+                self.complete = self._last and not self._skip
+                continue
+            if self.complete:
+                self.trailing = True
+                return
+            take = min(self._need - len(self._held), end - pos)
+            self._held += data[pos : pos + take]
+            pos += take
+            if len(self._held) == self._need:
+                header = bytes(self._held)
+                self._held.clear()
+                self._header(header)
+
+    def _header(self, header: bytes) -> None:
+        if not self._in_blocks:
+            if int.from_bytes(header[:4], "little") != zstandard.MAGIC_NUMBER:
+                raise IncompleteStream("zstd stream damaged: no zstd frame at its start")
+            descriptor = header[4]
+            single_segment = descriptor >> 5 & 1
+            content_size = (0, 2, 4, 8)[descriptor >> 6] or single_segment
+            dictionary_id = (0, 1, 2, 4)[descriptor & 3]
+            self._checksum = 4 if descriptor & 4 else 0
+            self._skip = (1 - single_segment) + dictionary_id + content_size
+            self._in_blocks = True
+            self._need = 3
+            return
+        value = int.from_bytes(header, "little")
+        last, kind, size = value & 1, value >> 1 & 3, value >> 3
+        if kind == 3:
+            raise IncompleteStream("zstd stream damaged: reserved block type")
+        self._skip = 1 if kind == 1 else size  # an RLE block stores its one byte
+        if last:
+            self._last = True
+            self._skip += self._checksum
+            self.complete = not self._skip
 
 
 def decode(
@@ -268,14 +341,17 @@ def _decode_gzip(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
     inflater = zlib.decompressobj(31)
     try:
         for chunk in stored_chunks:
-            data = chunk
-            while data:
-                out = inflater.decompress(data, piece)
-                if out:
-                    yield out
-                data = inflater.unconsumed_tail
-                if inflater.eof and (data or inflater.unused_data):
-                    raise IncompleteStream("bytes after the end of the gzip stream")
+            # Fed in slices: `unconsumed_tail` is a copy of what is left of the input.
+            view = memoryview(chunk)
+            for start in range(0, len(view), _GZIP_INPUT):
+                data: bytes | memoryview = view[start : start + _GZIP_INPUT]
+                while data:
+                    out = inflater.decompress(data, piece)
+                    if out:
+                        yield out
+                    data = inflater.unconsumed_tail
+                    if inflater.eof and (data or inflater.unused_data):
+                        raise IncompleteStream("bytes after the end of the gzip stream")
         while not inflater.eof:
             out = inflater.decompress(b"", piece)
             if not out:
@@ -289,7 +365,8 @@ def _decode_gzip(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
 
 def _decode_zstd(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
     dctx = zstandard.ZstdDecompressor()
-    reader: Any = _ChunkReader(stored_chunks)
+    frame = _ZstdFrameEnd()
+    reader: Any = _ChunkReader(stored_chunks, frame)
     try:
         with dctx.stream_reader(reader, read_size=piece, read_across_frames=False) as stream:
             while True:
@@ -299,5 +376,7 @@ def _decode_zstd(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
                 yield out
     except zstandard.ZstdError as exc:
         raise IncompleteStream(f"zstd stream damaged: {exc}") from exc
-    if reader.read(1):
+    if not frame.complete:
+        raise IncompleteStream("zstd stream ends early")
+    if reader.read(1) or frame.trailing:
         raise IncompleteStream("bytes after the end of the zstd stream")

@@ -105,6 +105,7 @@ class TransactionColumns(SQLModel):
     session_id: str | None = Field(default=None, sa_type=sa.Text)
     request_id: str | None = Field(default=None, sa_type=sa.Text)
     tool: str | None = Field(default=None, sa_type=sa.Text)
+    mime_type: str | None = Field(default=None, sa_type=sa.Text)
     direction: Direction = Field(
         default=Direction.RESULT,
         sa_type=_enum(Direction, "tx_direction"),
@@ -166,7 +167,7 @@ class Chunk(SQLModel, table=True):
 class BreakerEvent(SQLModel, table=True):
     __tablename__ = "breaker_events"
 
-    id: int | None = Field(default=None, primary_key=True, sa_type=_ID)
+    id: uuid.UUID = Field(primary_key=True)  # made by the daemon: replays are idempotent
     at: datetime = Field(sa_type=sa.DateTime(timezone=True))
     breaker: str = Field(sa_type=sa.Text)
     daemon_id: str | None = Field(default=None, sa_type=sa.Text)

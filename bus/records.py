@@ -13,6 +13,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime
+from enum import StrEnum
 from itertools import groupby
 from typing import Any
 
@@ -21,12 +22,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from bus.db import Database, as_utc, created_at_of
-from bus.models import Status, Transaction, TransactionArchive
+from bus.models import BreakerEvent, Status, Transaction, TransactionArchive
 
 __all__ = [
     "TRANSACTION_COLUMNS",
     "archive",
+    "breaker_events",
     "get_transaction",
+    "insert_breaker_events",
     "row_to_transaction",
     "transaction_to_row",
     "transactions",
@@ -35,6 +38,7 @@ __all__ = [
 
 transactions: sa.Table = Transaction.__table__  # type: ignore[attr-defined]
 archive: sa.Table = TransactionArchive.__table__  # type: ignore[attr-defined]
+breaker_events: sa.Table = BreakerEvent.__table__  # type: ignore[attr-defined]
 TRANSACTION_COLUMNS: tuple[str, ...] = tuple(c.name for c in transactions.columns)
 _KEY = ("id", "created_at")
 _TIMESTAMPS = {c.name for c in transactions.columns if isinstance(c.type, sa.DateTime)} | {
@@ -55,32 +59,77 @@ def row_to_transaction(row: Mapping[str, Any] | sa.RowMapping) -> Transaction:
     return Transaction(**values)
 
 
-def _insert(db: Database) -> Any:
-    return postgresql.insert if db.is_postgres else sqlite.insert
-
-
 def upsert_transactions(db: Database, rows: Sequence[Mapping[str, Any]]) -> int:
-    """Write full transaction rows in one database transaction; return how many."""
+    """Write full transaction rows in one database transaction; return how many.
+
+    Several rows for one transaction collapse to the last. On PostgreSQL the rows go
+    through ``COPY`` into a temporary table and one ``INSERT ... SELECT`` per tenant,
+    which is several times faster than a multi-row ``INSERT`` of the same rows.
+    """
+    latest = {(r["id"], r["created_at"]): r for r in rows}
+    if not latest:
+        return 0
+    ordered = sorted(latest.values(), key=lambda r: str(r["tenant"]))
+    with db.begin() as conn:
+        if db.is_postgres:
+            _copy_upsert(db, conn, ordered)
+        else:
+            for _tenant, group in groupby(ordered, key=lambda r: str(r["tenant"])):
+                stmt = sqlite.insert(transactions).values([dict(r) for r in group])
+                conn.execute(_on_conflict(stmt))
+    return len(latest)
+
+
+def _on_conflict(stmt: Any) -> Any:
+    return stmt.on_conflict_do_update(
+        index_elements=list(_KEY),
+        set_={name: stmt.excluded[name] for name in TRANSACTION_COLUMNS if name not in _KEY},
+        where=sa.or_(
+            transactions.c.status == Status.PENDING,
+            stmt.excluded.status != Status.PENDING,
+        ),
+    )
+
+
+_STAGING = "bustrail_audit_staging"
+_COLUMN_LIST = ", ".join(TRANSACTION_COLUMNS)
+_UPSERT_FROM_STAGING = (
+    f"INSERT INTO transactions ({_COLUMN_LIST}) "
+    f"SELECT {_COLUMN_LIST} FROM {_STAGING} WHERE tenant = %s "
+    "ON CONFLICT (id, created_at) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in TRANSACTION_COLUMNS if c not in _KEY)
+    + " WHERE transactions.status = 'pending' OR excluded.status <> 'pending'"
+)
+
+
+def _copy_upsert(db: Database, conn: Connection, rows: list[Mapping[str, Any]]) -> None:
+    raw: Any = conn.connection.dbapi_connection
+    with raw.cursor() as cur:
+        cur.execute(
+            f"CREATE TEMP TABLE IF NOT EXISTS {_STAGING} "
+            "(LIKE transactions INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+        )
+        with cur.copy(f"COPY {_STAGING} ({_COLUMN_LIST}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row([_plain(row[c]) for c in TRANSACTION_COLUMNS])
+        for tenant, _group in groupby(rows, key=lambda r: str(r["tenant"])):
+            cur.execute("SELECT set_config('bustrail.tenant', %s, true)", (tenant,))
+            cur.execute(_UPSERT_FROM_STAGING, (tenant,))
+
+
+def _plain(value: Any) -> Any:
+    return value.value if isinstance(value, StrEnum) else value
+
+
+def insert_breaker_events(db: Database, rows: Sequence[Mapping[str, Any]]) -> int:
+    """Record breaker transitions; an event already recorded (same id) is skipped."""
     if not rows:
         return 0
-    insert = _insert(db)
-    ordered = sorted(rows, key=lambda r: str(r["tenant"]))
+    insert = postgresql.insert if db.is_postgres else sqlite.insert
     with db.begin() as conn:
-        for tenant, group in groupby(ordered, key=lambda r: str(r["tenant"])):
-            db.scope(conn, tenant)
-            stmt = insert(transactions).values([dict(r) for r in group])
-            updates = {
-                name: stmt.excluded[name] for name in TRANSACTION_COLUMNS if name not in _KEY
-            }
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(_KEY),
-                set_=updates,
-                where=sa.or_(
-                    transactions.c.status == Status.PENDING,
-                    stmt.excluded.status != Status.PENDING,
-                ),
-            )
-            conn.execute(stmt)
+        conn.execute(
+            insert(breaker_events).values([dict(r) for r in rows]).on_conflict_do_nothing()
+        )
     return len(rows)
 
 

@@ -81,6 +81,7 @@ class TransactionContext:
 
     tenant: str
     tool: str | None = None
+    mime_type: str | None = None
     session_id: str | None = None
     request_id: str | None = None
     direction: Direction = Direction.RESULT
@@ -142,6 +143,7 @@ class PayloadStore:
             session_id=context.session_id,
             request_id=context.request_id,
             tool=context.tool,
+            mime_type=context.mime_type,
             direction=context.direction,
             route=Route.STORE,
             status=Status.PENDING,
@@ -168,6 +170,7 @@ class PayloadStore:
         encoded = encoder.result()
         now = self._clock()
         values = {
+            "route": Route.STORE,
             "status": Status.STORED,
             "size": encoded.size,
             "stored_size": encoded.stored_size,

@@ -131,3 +131,134 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+# -- the daemon -------------------------------------------------------------------------
+def _parse_arguments(pairs: list[str]) -> dict[str, Any]:
+    """key=value pairs; a value that parses as JSON is taken as JSON (numbers, lists)."""
+    import json
+
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        try:
+            arguments[key] = json.loads(value)
+        except ValueError:
+            arguments[key] = value
+    return arguments
+
+
+URL_OPTION = typer.Option("--url", envvar="BUSTRAIL_URL", help="The daemon's WebSocket URL.")
+TOKEN_OPTION = typer.Option("--token", envvar="BUSTRAIL_TOKEN", help="Bearer token.")
+
+
+@app.command()
+@handles_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: any free port).")] = 8765,
+    tools: Annotated[
+        list[str] | None,
+        typer.Option("--tools", help="Import path of a module of @tool functions."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+) -> None:
+    """Run the daemon: WebSocket JSON-RPC at /ws, HTTP downloads, /metrics, health."""
+    from daemon.server import serve_forever
+
+    settings = settings_from_env()
+    serve_forever(settings, host=host, port=port, tool_modules=tools or [], log_level=log_level)
+
+
+@app.command()
+@handles_errors
+def call(
+    tool: Annotated[str, typer.Argument(help="Tool name.")],
+    arguments: Annotated[list[str] | None, typer.Argument(help="key=value arguments.")] = None,
+    url: Annotated[str, URL_OPTION] = "ws://127.0.0.1:8765/ws",
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+    output: Annotated[
+        str | None, typer.Option("-o", "--output", help="Write the payload to this file.")
+    ] = None,
+) -> None:
+    """Call a tool and print its result (a stored one is fetched with -o FILE)."""
+    import asyncio
+    import json
+
+    from daemon.client import Client, ClientError
+
+    parsed = _parse_arguments(arguments or [])
+
+    async def run() -> int:
+        async with await Client.connect(url, token=token) as client:
+            result = await client.call(tool, parsed)
+            meta = result.meta
+            if output:
+                data = await client.result_bytes(result)
+                with open(output, "wb") as f:
+                    f.write(data)
+                typer.echo(f"wrote {len(data):,} bytes to {output}", err=True)
+            elif result.route == "store":
+                typer.echo(result.text)
+            else:
+                typer.echo(result.text)
+            typer.echo(json.dumps(meta), err=True)
+            return 1 if result.is_error else 0
+
+    try:
+        code = asyncio.run(run())
+    except ClientError as exc:
+        _fail(str(exc), 1)
+    raise typer.Exit(code)
+
+
+@app.command()
+@handles_errors
+def fetch(
+    transaction_id: Annotated[str, typer.Argument(metavar="ID", help="Transaction id.")],
+    output: Annotated[str, typer.Option("-o", "--output", help="File to write.")],
+    url: Annotated[str, URL_OPTION] = "ws://127.0.0.1:8765/ws",
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+) -> None:
+    """Download a stored result over HTTP, verifying its checksum."""
+    import asyncio
+    from pathlib import Path
+
+    import httpx
+
+    from daemon.client import ClientError, fetch_transaction, http_base
+
+    async def run() -> Path:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with httpx.AsyncClient(base_url=http_base(url), headers=headers, timeout=300) as http:
+            result = await fetch_transaction(http, transaction_id, to_file=output)
+            assert isinstance(result, Path)
+            return result
+
+    try:
+        path = asyncio.run(run())
+    except ClientError as exc:
+        _fail(str(exc), 1)
+    typer.echo(f"wrote {path.stat().st_size:,} bytes to {path} (checksum verified)")
+
+
+@app.command()
+@handles_errors
+def health(
+    url: Annotated[str, URL_OPTION] = "ws://127.0.0.1:8765/ws",
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for an answer.")] = 5.0,
+) -> None:
+    """Exit 0 when the daemon and its database answer (for container probes)."""
+    import httpx
+
+    from daemon.client import http_base
+
+    target = http_base(url) + "/readyz"
+    try:
+        response = httpx.get(target, timeout=timeout)
+    except httpx.HTTPError as exc:
+        _fail(f"{target}: no answer ({exc})", 1)
+    typer.echo(f"{target}: HTTP {response.status_code} {response.text}")
+    raise typer.Exit(0 if response.status_code == 200 else 1)

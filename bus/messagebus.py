@@ -1,0 +1,309 @@
+"""The message bus: routes one result, stores it through the breaker, audits the outcome.
+
+This is where the pure decisions (``bus.router``, ``bus.breaker``) meet the I/O (``bus.store``,
+``bus.audit``). The daemon hands over a result and a way to build its inline message;
+it gets back a :class:`Delivery` saying what to send: the inline message, a claim check,
+or a clear error. Every path leaves exactly one audit record per transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from bus.audit import AuditWriter
+from bus.breaker import CircuitBreaker, CircuitOpenError, Transition
+from bus.db import new_transaction_id, utcnow
+from bus.errors import PayloadTooLarge, StoreError
+from bus.models import Compression, Route, Status, Transaction
+from bus.records import transaction_to_row
+from bus.router import Action, RoutingPolicy, decide, decide_fallback
+from bus.store import PayloadStore, TransactionContext
+
+__all__ = ["Delivery", "InlineBuilder", "MessageBus", "daemon_id"]
+
+log = logging.getLogger(__name__)
+
+# Builds the exact inline message for a route ("inline" or "fallback") and checksum.
+InlineBuilder = Callable[[Route, str], bytes]
+
+
+def daemon_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class Delivery:
+    """What the daemon must send for one result."""
+
+    action: Action
+    transaction_id: Any
+    route: Route
+    size: int
+    checksum: str
+    message: bytes | None = None  # inline and fallback: the message to send as is
+    record: Transaction | None = None  # store: the claim check
+    error_kind: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.action in (Action.INLINE, Action.FALLBACK, Action.STORE)
+
+
+class MessageBus:
+    def __init__(
+        self,
+        store: PayloadStore,
+        audit: AuditWriter,
+        policy: RoutingPolicy,
+        breaker: CircuitBreaker | None,
+        *,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.store = store
+        self.audit = audit
+        self.policy = policy
+        self.breaker = breaker
+        self._clock = clock
+        self.daemon_id = daemon_id()
+        if breaker is not None:
+            breaker.add_listener(self._on_transition)
+
+    # -- audit helpers ----------------------------------------------------------------
+    def _row(self, ctx: TransactionContext, **values: Any) -> dict[str, Any]:
+        tx_id, created_at = ctx.ensure_id()
+        record = Transaction(
+            id=tx_id,
+            created_at=created_at,
+            tenant=ctx.tenant,
+            session_id=ctx.session_id,
+            request_id=ctx.request_id,
+            tool=ctx.tool,
+            mime_type=ctx.mime_type,
+            direction=ctx.direction,
+            trace_id=ctx.trace_id,
+            span_id=ctx.span_id,
+            tool_ms=ctx.tool_ms,
+            route=values.pop("route", Route.INLINE),
+            status=values.pop("status", Status.PENDING),
+            compression=Compression.NONE,
+            chunk_count=0,
+            fetch_count=0,
+        )
+        for name, value in values.items():
+            setattr(record, name, value)
+        return transaction_to_row(record)
+
+    def begin(self, ctx: TransactionContext) -> None:
+        """Record that a call started (``pending``), before the tool runs."""
+        self.audit.submit(self._row(ctx))
+
+    def fail(self, ctx: TransactionContext, error_kind: str, error: str, **values: Any) -> None:
+        """Record a transaction that ended in an error the caller was told about."""
+        self.audit.submit(
+            self._row(ctx, status=Status.FAILED, error_kind=error_kind, error=error, **values)
+        )
+
+    def settle(
+        self, ctx: TransactionContext, delivery: Delivery, *, sent: bool, error: str = ""
+    ) -> None:
+        """After sending an inline or fallback message: delivered, or failed to send."""
+        if delivery.action not in (Action.INLINE, Action.FALLBACK):
+            return
+        base = {"route": delivery.route, "size": delivery.size, "checksum": delivery.checksum}
+        if sent:
+            self.audit.submit(
+                self._row(ctx, status=Status.DELIVERED, delivered_at=self._clock(), **base)
+            )
+        else:
+            self.fail(
+                ctx,
+                "send_failed",
+                error or "the connection closed before the result was sent",
+                **base,
+            )
+
+    # -- routing ------------------------------------------------------------------------
+    async def deliver(
+        self,
+        ctx: TransactionContext,
+        payload: bytes,
+        build_inline: InlineBuilder,
+        *,
+        client_cap: int | None,
+    ) -> Delivery:
+        """Route one result. Never raises for store trouble: that is what fallback is for."""
+        tx_id, _ = ctx.ensure_id()
+        size = len(payload)
+        checksum = hashlib.sha256(payload).hexdigest()
+        base = {"size": size, "checksum": checksum}
+        if size > self.policy.max_payload_bytes:
+            decision = decide(self.policy, payload_size=size, message_size=0, client_cap=client_cap)
+            return self._refuse(
+                ctx,
+                decision.action,
+                Route.INLINE,
+                Status.REJECTED,
+                decision.error_kind,
+                decision.reason,
+                base,
+            )
+        message = build_inline(Route.INLINE, checksum)
+        decision = decide(
+            self.policy, payload_size=size, message_size=len(message), client_cap=client_cap
+        )
+        if decision.action is Action.INLINE:
+            return Delivery(Action.INLINE, tx_id, Route.INLINE, size, checksum, message=message)
+        if decision.action is not Action.STORE:
+            return self._refuse(
+                ctx,
+                decision.action,
+                Route.INLINE,
+                Status.FAILED,
+                decision.error_kind,
+                decision.reason,
+                base,
+            )
+        try:
+            record = await self._put(ctx, payload)
+        except PayloadTooLarge as exc:
+            return self._refuse(
+                ctx,
+                Action.REJECT,
+                Route.STORE,
+                Status.REJECTED,
+                "payload_too_large",
+                str(exc),
+                base,
+            )
+        except StoreError as exc:
+            return self._fallback(ctx, payload, build_inline, client_cap, exc, base)
+        return Delivery(Action.STORE, tx_id, Route.STORE, size, checksum, record=record)
+
+    async def put(self, ctx: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
+        """Store a payload through the breaker (an upload); audit a refusal, then raise it."""
+        try:
+            return await self._put(ctx, payload)
+        except PayloadTooLarge as exc:
+            self.audit.submit(
+                self._row(
+                    ctx,
+                    route=Route.STORE,
+                    status=Status.REJECTED,
+                    error_kind="payload_too_large",
+                    error=str(exc),
+                    size=exc.size,
+                )
+            )
+            raise
+        except StoreError as exc:
+            self.fail(ctx, "store_error", str(exc), route=Route.STORE)
+            raise
+
+    async def _put(self, ctx: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
+        if self.breaker is None:
+            return await asyncio.to_thread(self.store.put, ctx, payload)
+        permit = self.breaker.acquire()  # CircuitOpenError is a StoreError
+        started = time.monotonic()
+        try:
+            record = await asyncio.to_thread(self.store.put, ctx, payload)
+        except StoreError as exc:
+            self.breaker.record_failure(permit, type(exc).__name__)
+            raise
+        except BaseException:
+            self.breaker.release(permit)  # not the store's fault (cancelled, too large)
+            raise
+        self.breaker.record_success(permit, time.monotonic() - started)
+        return record
+
+    def _fallback(
+        self,
+        ctx: TransactionContext,
+        payload: bytes,
+        build_inline: InlineBuilder,
+        client_cap: int | None,
+        exc: StoreError,
+        base: dict[str, Any],
+    ) -> Delivery:
+        why = "breaker open" if isinstance(exc, CircuitOpenError) else str(exc)
+        message = build_inline(Route.FALLBACK, str(base["checksum"]))
+        decision = decide_fallback(
+            self.policy, message_size=len(message), client_cap=client_cap, store_error=why
+        )
+        tx_id, _ = ctx.ensure_id()
+        if decision.action is Action.FALLBACK:
+            return Delivery(
+                Action.FALLBACK,
+                tx_id,
+                Route.FALLBACK,
+                int(base["size"]),
+                str(base["checksum"]),
+                message=message,
+            )
+        return self._refuse(
+            ctx,
+            Action.FAIL,
+            Route.FALLBACK,
+            Status.FAILED,
+            decision.error_kind,
+            decision.reason,
+            base,
+        )
+
+    def _refuse(
+        self,
+        ctx: TransactionContext,
+        action: Action,
+        route: Route,
+        status: Status,
+        error_kind: str | None,
+        reason: str,
+        base: dict[str, Any],
+    ) -> Delivery:
+        self.audit.submit(
+            self._row(ctx, route=route, status=status, error_kind=error_kind, error=reason, **base)
+        )
+        tx_id, _ = ctx.ensure_id()
+        return Delivery(
+            action,
+            tx_id,
+            route,
+            int(base["size"]),
+            str(base["checksum"]),
+            error_kind=error_kind,
+            error=reason,
+        )
+
+    # -- breaker events -------------------------------------------------------------------
+    def _on_transition(self, transition: Transition) -> None:
+        event_id, at = new_transaction_id()
+        log.warning(
+            "= breaker %s: %s -> %s (%s, failure rate %.0f%%)",
+            transition.breaker,
+            transition.from_state.value,
+            transition.to_state.value,
+            transition.reason,
+            transition.failure_rate * 100,
+        )
+        self.audit.submit_breaker_event(
+            {
+                "id": event_id,
+                "at": at,
+                "breaker": transition.breaker,
+                "daemon_id": self.daemon_id,
+                "from_state": transition.from_state.value,
+                "to_state": transition.to_state.value,
+                "reason": transition.reason,
+                "failure_rate": transition.failure_rate,
+                "consecutive_failures": transition.consecutive_failures,
+            }
+        )

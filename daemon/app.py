@@ -1,0 +1,319 @@
+"""The daemon's ASGI application (Starlette): WebSocket JSON-RPC and HTTP on one port.
+
+Routes::
+
+    WS   /ws                      JSON-RPC 2.0 (sub-protocol ``mcp`` accepted)
+    GET  /v1/transactions/{id}    streamed, verified download (Range supported)
+    POST /v1/transactions         streamed upload of a large input -> its id
+    GET  /metrics                 Prometheus text format
+    GET  /healthz                 the process answers
+    GET  /readyz                  the database answers and the breaker is not open
+
+Auth is a bearer token (``Authorization: Bearer T`` or ``?token=T`` for browsers),
+mapped to a tenant. A transaction of another tenant answers exactly like one that does
+not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import re
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from bus.breaker import BreakerState
+from bus.errors import (
+    BustrailError,
+    ChecksumMismatch,
+    PayloadTooLarge,
+    StoreError,
+    TransactionNotFound,
+    TransactionUnavailable,
+)
+from bus.models import Direction
+from bus.store import TransactionContext
+from daemon.runtime import Runtime
+from daemon.session import Session
+
+__all__ = ["create_app"]
+
+log = logging.getLogger(__name__)
+_RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
+_END = object()
+
+
+def _token(headers: Any, query: Any) -> str | None:
+    auth = headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return str(auth[7:].strip())
+    token = query.get("token")
+    return str(token) if token else None
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+def create_app(runtime: Runtime) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await runtime.start()
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    # -- WebSocket --------------------------------------------------------------------
+    async def websocket_endpoint(ws: WebSocket) -> None:
+        tenant = runtime.tenant_for(_token(ws.headers, ws.query_params))
+        origin = ws.headers.get("origin")
+        if tenant is None:
+            runtime.metrics.refused(401)
+            await ws.close(code=1008, reason="missing or unknown bearer token")
+            return
+        if origin is not None and origin not in runtime.settings.allowed_origins():
+            runtime.metrics.refused(403)
+            await ws.close(code=1008, reason=f"origin {origin} is not allowed")
+            return
+        if runtime.shutting_down:
+            await ws.close(code=1001, reason="shutting down")
+            return
+        offered = ws.scope.get("subprotocols") or []
+        await ws.accept(subprotocol="mcp" if "mcp" in offered else None)
+
+        async def send(data: bytes) -> None:
+            await ws.send_text(data.decode())
+
+        session = Session(runtime, tenant, send, peer=str(ws.client))
+        runtime.sessions.add(session)
+        runtime.metrics.connections.inc()
+        log.info("+ session %s tenant=%s peer=%s", session.id[:8], tenant, session.peer)
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                text = message.get("text")
+                if text is None:
+                    text = message.get("bytes") or b""
+                await session.handle_frame(text)
+        except WebSocketDisconnect:
+            pass
+        finally:
+            runtime.sessions.discard(session)
+            runtime.metrics.connections.dec()
+            log.info(
+                "- session %s closed (%d call(s) in flight)", session.id[:8], len(session.calls())
+            )
+
+    # -- HTTP: download -----------------------------------------------------------------
+    async def download(request: Request) -> Response:
+        tenant = runtime.tenant_for(_token(request.headers, request.query_params))
+        if tenant is None:
+            return _error(401, "missing or unknown bearer token")
+        try:
+            tx_id = uuid.UUID(request.path_params["tx_id"])
+        except ValueError:
+            return _error(404, "transaction not found")
+        store = runtime.store
+        try:
+            record = await asyncio.to_thread(store.info, tenant, tx_id)
+            opened = await asyncio.to_thread(store.open, tenant, tx_id, count_fetch=False)
+        except TransactionNotFound:
+            return _error(404, "transaction not found")
+        except TransactionUnavailable as exc:
+            return _error(410, str(exc), status=exc.status)
+        except ChecksumMismatch as exc:
+            return _error(409, str(exc), status="corrupted")
+        except StoreError as exc:
+            return _error(503, f"store unavailable: {exc}")
+        size = record.size
+        start, end = 0, size - 1
+        status = 200
+        headers = {
+            "Accept-Ranges": "bytes",
+            "ETag": f'"{record.checksum}"',
+            "X-Bustrail-Checksum": f"sha256:{record.checksum}",
+            "X-Bustrail-Transaction-Id": str(record.id),
+        }
+        range_header = request.headers.get("range")
+        if range_header:
+            parsed = _parse_range(range_header, size)
+            if parsed is None:
+                return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+            start, end = parsed
+            status = 206
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+        headers["Content-Length"] = str(max(0, end - start + 1))
+
+        def body() -> Iterator[bytes]:
+            position = 0
+            for piece in opened:
+                piece_end = position + len(piece)
+                if piece_end > start and position <= end:
+                    yield piece[max(0, start - position) : end - position + 1]
+                position = piece_end
+                if position > end and end < size - 1:
+                    return  # a range short of the end: no need to read further
+            # Reaching here means the whole payload was read and verified.
+            store.record_fetch(record)
+
+        return StreamingResponse(
+            body(),
+            status_code=status,
+            media_type=record.mime_type or "application/octet-stream",
+            headers=headers,
+        )
+
+    # -- HTTP: upload -------------------------------------------------------------------
+    async def upload(request: Request) -> Response:
+        tenant = runtime.tenant_for(_token(request.headers, request.query_params))
+        if tenant is None:
+            return _error(401, "missing or unknown bearer token")
+        limit = runtime.settings.max_payload_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            return _error(413, str(PayloadTooLarge(int(declared), limit)))
+        expected = request.headers.get("x-bustrail-checksum", "").removeprefix("sha256:").lower()
+        ctx = TransactionContext(
+            tenant=tenant,
+            tool=request.headers.get("x-bustrail-tool"),
+            direction=Direction.UPLOAD,
+            mime_type=request.headers.get("content-type") or "application/octet-stream",
+        )
+        pieces: queue.Queue[Any] = queue.Queue(maxsize=8)
+
+        def feed() -> Iterator[bytes]:
+            while True:
+                item = pieces.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+
+        async def pump() -> None:
+            try:
+                async for chunk in request.stream():
+                    if chunk:
+                        await asyncio.to_thread(pieces.put, chunk)
+            except BaseException as exc:
+                await asyncio.to_thread(pieces.put, exc)
+                raise
+            await asyncio.to_thread(pieces.put, _END)
+
+        pumping = asyncio.create_task(pump())
+        try:
+            record = await runtime.bus.put(ctx, feed())
+        except PayloadTooLarge as exc:
+            pumping.cancel()
+            return _error(413, str(exc))
+        except StoreError as exc:
+            pumping.cancel()
+            return _error(503, f"store unavailable, upload not kept: {exc}")
+        except BustrailError as exc:
+            pumping.cancel()
+            return _error(400, str(exc))
+        finally:
+            await _stop_pump(pumping, pieces)
+        if expected and expected != record.checksum:
+            await asyncio.to_thread(runtime.store.delete, tenant, record.id)
+            return _error(
+                400,
+                f"upload damaged in transit: its SHA-256 is {record.checksum}, the client "
+                f"said {expected}; not kept",
+            )
+        return JSONResponse(
+            {
+                "transaction_id": str(record.id),
+                "uri": f"bustrail://transactions/{record.id}",
+                "size": record.size,
+                "stored_size": record.stored_size,
+                "compression": record.compression.value,
+                "checksum": f"sha256:{record.checksum}",
+                "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+            },
+            status_code=201,
+        )
+
+    # -- HTTP: operations -----------------------------------------------------------------
+    async def metrics(_request: Request) -> Response:
+        runtime.refresh_gauges()
+        return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(_request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> Response:
+        checks: dict[str, Any] = {}
+        ready = True
+        try:
+            await asyncio.to_thread(runtime.db.ping)
+            checks["database"] = "ok"
+        except StoreError as exc:
+            checks["database"] = str(exc)
+            ready = False
+        if runtime.breaker is not None:
+            state = runtime.breaker.state
+            checks["breaker"] = state.value
+            ready = ready and state is not BreakerState.OPEN
+        if runtime.shutting_down:
+            checks["shutting_down"] = True
+            ready = False
+        return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
+
+    return Starlette(
+        routes=[
+            WebSocketRoute("/ws", websocket_endpoint),
+            Route("/v1/transactions/{tx_id}", download, methods=["GET"]),
+            Route("/v1/transactions", upload, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+async def _stop_pump(pumping: asyncio.Task[None], pieces: queue.Queue[Any]) -> None:
+    """End the body pump; drain the queue so a thread blocked on put() can return."""
+    if not pumping.done():
+        pumping.cancel()
+    while not pumping.done():
+        with contextlib.suppress(queue.Empty):
+            while True:
+                pieces.get_nowait()
+        await asyncio.sleep(0.01)
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await pumping
+
+
+def _parse_range(header: str, size: int) -> tuple[int, int] | None:
+    """One ``bytes=a-b`` range within ``size``; None when unsatisfiable or unsupported."""
+    match = _RANGE.match(header.strip())
+    if not match or size == 0:
+        return None
+    first, last = match.groups()
+    if first == "" and last == "":
+        return None
+    if first == "":
+        length = int(last)
+        if length == 0:
+            return None
+        return max(0, size - length), size - 1
+    start = int(first)
+    end = int(last) if last else size - 1
+    if start >= size or end < start:
+        return None
+    return start, min(end, size - 1)

@@ -1,0 +1,173 @@
+"""The daemon's parts, wired from settings: database, store, breaker, audit, bus, tools.
+
+Start-up order matters: the schema is checked (the embedded SQLite file is created on
+first use; PostgreSQL must have been upgraded), a leftover audit spool is replayed, and
+transactions a crashed daemon left ``pending`` are failed as ``abandoned``, all before
+the first connection is accepted. Shutdown stops new calls, lets calls in flight finish
+(up to a grace period, then cancels them with a clear error), and flushes the audit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from bus.audit import AuditWriter
+from bus.breaker import CircuitBreaker
+from bus.db import Database
+from bus.errors import StoreError
+from bus.messagebus import MessageBus
+from bus.metrics import Metrics
+from bus.models import Transaction
+from bus.router import RoutingPolicy
+from bus.schema import require_schema, upgrade
+from bus.settings import Settings
+from bus.store import PayloadStore, StoreConfig
+from bus.telemetry import Telemetry, make_tracer_provider
+from daemon.tools import ToolRegistry, ToolResult
+
+__all__ = ["Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("bustrail")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class Runtime:
+    def __init__(
+        self,
+        settings: Settings,
+        tools: ToolRegistry,
+        *,
+        telemetry: Telemetry | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.tools = tools
+        self.version = _version()
+        self.telemetry = telemetry or Telemetry(
+            make_tracer_provider(settings.bustrail_trace_exporter)
+        )
+        self.metrics = metrics or Metrics()
+        self.db = Database(
+            settings.database_url.get_secret_value(), pool_size=settings.database_pool_size
+        )
+        self.store = PayloadStore(self.db, StoreConfig.from_settings(settings))
+        self.policy = RoutingPolicy.from_settings(settings)
+        self.breaker = (
+            CircuitBreaker(
+                "store",
+                settings.breaker_config(),
+                is_failure=lambda exc: isinstance(exc, StoreError),
+            )
+            if settings.circuit_breaker_enabled
+            else None
+        )
+        self.audit = AuditWriter(
+            self.db,
+            settings.bustrail_spool_dir,
+            batch_size=settings.bustrail_audit_batch_size,
+            flush_seconds=settings.bustrail_audit_flush_seconds,
+        )
+        self.bus = MessageBus(self.store, self.audit, self.policy, self.breaker)
+        self.tokens = settings.auth_tokens()
+        self.sessions: set[Any] = set()
+        self.shutting_down = False
+
+    # -- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        await asyncio.to_thread(self._prepare_database)
+        await asyncio.to_thread(self.audit.start)
+        abandoned = await asyncio.to_thread(
+            self.store.abandon_pending, self.settings.bustrail_abandon_pending_seconds
+        )
+        if abandoned:
+            log.warning(
+                "recovery: %d transaction(s) left pending by a crash marked failed", abandoned
+            )
+
+    def _prepare_database(self) -> None:
+        if self.db.is_postgres:
+            require_schema(self.db)
+        else:
+            upgrade(self.db)  # the embedded file needs no separate step
+
+    async def drain(self, grace_seconds: float = 30.0) -> None:
+        """Stop taking calls; let those in flight finish, then cancel the rest (each
+        gets a clear error and an audit record)."""
+        self.shutting_down = True
+        tasks = [t for s in list(self.sessions) for t in s.calls()]
+        if not tasks:
+            return
+        log.info("shutdown: waiting up to %gs for %d call(s) in flight", grace_seconds, len(tasks))
+        _done, pending = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in pending:
+            task.cancel()
+        if pending:
+            log.warning("shutdown: cancelled %d call(s) still running", len(pending))
+            await asyncio.wait(pending, timeout=5)
+
+    async def stop(self, grace_seconds: float = 30.0) -> None:
+        """Drain, then flush the audit and close the database."""
+        await self.drain(grace_seconds)
+        await asyncio.to_thread(self.audit.close)
+        self.telemetry.shutdown()
+        self.db.dispose()
+
+    def refresh_gauges(self) -> None:
+        """Bring the gauges read at scrape time up to date."""
+        self.metrics.observe_audit(self.audit.stats())
+        if self.breaker is not None:
+            self.metrics.observe_breaker(self.breaker.snapshot())
+
+    # -- auth -----------------------------------------------------------------------------
+    def tenant_for(self, token: str | None) -> str | None:
+        """The tenant a token belongs to; ``default`` when auth is off."""
+        if self.settings.bustrail_auth_disabled:
+            return "default"
+        if not token:
+            return None
+        return self.tokens.get(token)
+
+    # -- responses ------------------------------------------------------------------------
+    def claim_check(self, record: Transaction, result: ToolResult) -> dict[str, Any]:
+        """The MCP result for a stored payload: a resource_link and where to get it."""
+        uri = f"bustrail://transactions/{record.id}"
+        download = f"/v1/transactions/{record.id}"
+        notice = (
+            f"The result ({record.size:,} bytes) was stored as {uri}. Read it with "
+            f"resources/read (if it fits one message) or download it: GET {download}"
+        )
+        return {
+            "content": [
+                {"type": "text", "text": notice},
+                {
+                    "type": "resource_link",
+                    "uri": uri,
+                    "name": f"{record.tool or 'result'}-{record.id}",
+                    "mimeType": result.mime_type,
+                    "size": record.size,
+                    "description": f"Stored result of {record.tool}",
+                },
+            ],
+            "isError": False,
+            "_meta": {
+                "bustrail": {
+                    "transaction_id": str(record.id),
+                    "route": "store",
+                    "size": record.size,
+                    "stored_size": record.stored_size,
+                    "compression": record.compression.value,
+                    "checksum": f"sha256:{record.checksum}",
+                    "expires_at": record.expires_at.isoformat() if record.expires_at else None,
+                    "download": download,
+                }
+            },
+        }
