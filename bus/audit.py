@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from bus.db import Database
 from bus.errors import BustrailError, StoreError
 from bus.records import breaker_events, insert_breaker_events, transactions, upsert_transactions
+from bus.telemetry import untraced
 
 __all__ = ["AuditStats", "AuditWriter", "Spool"]
 
@@ -253,6 +254,10 @@ class AuditWriter:
 
     # -- the thread -----------------------------------------------------------------------
     def _run(self) -> None:
+        with untraced():  # batches answer no single request: no spans of their own
+            self._loop()
+
+    def _loop(self) -> None:
         while True:
             batch = self._take()
             if batch is None:

@@ -23,10 +23,12 @@ from bus.audit import AuditWriter
 from bus.breaker import CircuitBreaker, CircuitOpenError, Transition
 from bus.db import new_transaction_id, utcnow
 from bus.errors import PayloadTooLarge, StoreError
+from bus.metrics import Metrics
 from bus.models import Compression, Route, Status, Transaction
 from bus.records import transaction_to_row
 from bus.router import Action, RoutingPolicy, decide, decide_fallback
 from bus.store import PayloadStore, TransactionContext
+from bus.telemetry import Telemetry
 
 __all__ = ["Delivery", "InlineBuilder", "MessageBus", "daemon_id"]
 
@@ -67,12 +69,16 @@ class MessageBus:
         policy: RoutingPolicy,
         breaker: CircuitBreaker | None,
         *,
+        metrics: Metrics | None = None,
+        telemetry: Telemetry | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self.store = store
         self.audit = audit
         self.policy = policy
         self.breaker = breaker
+        self.metrics = metrics or Metrics()
+        self.telemetry = telemetry or Telemetry()
         self._clock = clock
         self.daemon_id = daemon_id()
         if breaker is not None:
@@ -103,15 +109,19 @@ class MessageBus:
             setattr(record, name, value)
         return transaction_to_row(record)
 
+    def _final(self, ctx: TransactionContext, route: Route, status: Status, **values: Any) -> None:
+        """Audit (and count) how a transaction ended; every outcome passes here once."""
+        self.audit.submit(self._row(ctx, route=route, status=status, **values))
+        self.metrics.transaction(route.value, status.value, int(values.get("size") or 0))
+
     def begin(self, ctx: TransactionContext) -> None:
         """Record that a call started (``pending``), before the tool runs."""
         self.audit.submit(self._row(ctx))
 
     def fail(self, ctx: TransactionContext, error_kind: str, error: str, **values: Any) -> None:
         """Record a transaction that ended in an error the caller was told about."""
-        self.audit.submit(
-            self._row(ctx, status=Status.FAILED, error_kind=error_kind, error=error, **values)
-        )
+        route = values.pop("route", Route.INLINE)
+        self._final(ctx, route, Status.FAILED, error_kind=error_kind, error=error, **values)
 
     def settle(
         self, ctx: TransactionContext, delivery: Delivery, *, sent: bool, error: str = ""
@@ -121,8 +131,13 @@ class MessageBus:
             return
         base = {"route": delivery.route, "size": delivery.size, "checksum": delivery.checksum}
         if sent:
-            self.audit.submit(
-                self._row(ctx, status=Status.DELIVERED, delivered_at=self._clock(), **base)
+            self._final(
+                ctx,
+                delivery.route,
+                Status.DELIVERED,
+                delivered_at=self._clock(),
+                size=delivery.size,
+                checksum=delivery.checksum,
             )
         else:
             self.fail(
@@ -142,6 +157,21 @@ class MessageBus:
         client_cap: int | None,
     ) -> Delivery:
         """Route one result. Never raises for store trouble: that is what fallback is for."""
+        with self.telemetry.span(
+            "bustrail.route", **{"bustrail.transaction_id": str(ctx.ensure_id()[0])}
+        ) as span:
+            delivery = await self._deliver(ctx, payload, build_inline, client_cap)
+            span.set_attribute("bustrail.route", delivery.route.value)
+            span.set_attribute("bustrail.action", delivery.action.value)
+            return delivery
+
+    async def _deliver(
+        self,
+        ctx: TransactionContext,
+        payload: bytes,
+        build_inline: InlineBuilder,
+        client_cap: int | None,
+    ) -> Delivery:
         tx_id, _ = ctx.ensure_id()
         size = len(payload)
         checksum = hashlib.sha256(payload).hexdigest()
@@ -189,20 +219,28 @@ class MessageBus:
             return self._fallback(ctx, payload, build_inline, client_cap, exc, base)
         return Delivery(Action.STORE, tx_id, Route.STORE, size, checksum, record=record)
 
+    def _stored(self, record: Transaction, seconds: float) -> None:
+        self.metrics.store_seconds.labels(operation="put").observe(seconds)
+        self.metrics.transaction(
+            Route.STORE.value,
+            Status.STORED.value,
+            record.size,
+            stored_size=record.stored_size,
+            compression=record.compression.value,
+        )
+
     async def put(self, ctx: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
         """Store a payload through the breaker (an upload); audit a refusal, then raise it."""
         try:
             return await self._put(ctx, payload)
         except PayloadTooLarge as exc:
-            self.audit.submit(
-                self._row(
-                    ctx,
-                    route=Route.STORE,
-                    status=Status.REJECTED,
-                    error_kind="payload_too_large",
-                    error=str(exc),
-                    size=exc.size,
-                )
+            self._final(
+                ctx,
+                Route.STORE,
+                Status.REJECTED,
+                error_kind="payload_too_large",
+                error=str(exc),
+                size=exc.size,
             )
             raise
         except StoreError as exc:
@@ -210,20 +248,29 @@ class MessageBus:
             raise
 
     async def _put(self, ctx: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
-        if self.breaker is None:
-            return await asyncio.to_thread(self.store.put, ctx, payload)
-        permit = self.breaker.acquire()  # CircuitOpenError is a StoreError
-        started = time.monotonic()
-        try:
-            record = await asyncio.to_thread(self.store.put, ctx, payload)
-        except StoreError as exc:
-            self.breaker.record_failure(permit, type(exc).__name__)
-            raise
-        except BaseException:
-            self.breaker.release(permit)  # not the store's fault (cancelled, too large)
-            raise
-        self.breaker.record_success(permit, time.monotonic() - started)
-        return record
+        with self.telemetry.span("bustrail.store.put", **{"bustrail.tenant": ctx.tenant}) as span:
+            permit = self.breaker.acquire() if self.breaker is not None else None
+            started = time.monotonic()
+            try:
+                # to_thread copies the context: the database spans nest under this one.
+                record = await asyncio.to_thread(self.store.put, ctx, payload)
+            except StoreError as exc:
+                self.metrics.store_errors.labels(operation="put").inc()
+                self.telemetry.mark_error(span, type(exc).__name__)
+                if permit is not None and self.breaker is not None:
+                    self.breaker.record_failure(permit, type(exc).__name__)
+                raise
+            except BaseException:
+                if permit is not None and self.breaker is not None:
+                    self.breaker.release(permit)  # not the store's fault (cancelled, too large)
+                raise
+            seconds = time.monotonic() - started
+            if permit is not None and self.breaker is not None:
+                self.breaker.record_success(permit, seconds)
+            span.set_attribute("bustrail.compression", record.compression.value)
+            span.set_attribute("bustrail.stored_size", int(record.stored_size or 0))
+            self._stored(record, seconds)
+            return record
 
     def _fallback(
         self,
@@ -240,6 +287,9 @@ class MessageBus:
             self.policy, message_size=len(message), client_cap=client_cap, store_error=why
         )
         tx_id, _ = ctx.ensure_id()
+        self.metrics.fallback(
+            "delivered" if decision.action is Action.FALLBACK else str(decision.error_kind)
+        )
         if decision.action is Action.FALLBACK:
             return Delivery(
                 Action.FALLBACK,
@@ -269,9 +319,7 @@ class MessageBus:
         reason: str,
         base: dict[str, Any],
     ) -> Delivery:
-        self.audit.submit(
-            self._row(ctx, route=route, status=status, error_kind=error_kind, error=reason, **base)
-        )
+        self._final(ctx, route, status, error_kind=error_kind, error=reason, **base)
         tx_id, _ = ctx.ensure_id()
         return Delivery(
             action,
@@ -285,6 +333,7 @@ class MessageBus:
 
     # -- breaker events -------------------------------------------------------------------
     def _on_transition(self, transition: Transition) -> None:
+        self.metrics.breaker_transition(transition)
         event_id, at = new_transaction_id()
         log.warning(
             "= breaker %s: %s -> %s (%s, failure rate %.0f%%)",

@@ -1,17 +1,27 @@
 """Prometheus metrics, named by Prometheus conventions (base units, ``_total``,
 ``_seconds``, ``_bytes``), in a registry of their own per daemon (tests stay apart).
+
+Counters and histograms are updated where things happen; values that live elsewhere
+(audit queue and spool, breaker state, open findings) are read at scrape time by a
+collector, so a scrape always sees the current figure and nothing polls in between.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from bus.audit import AuditStats
-from bus.breaker import BreakerSnapshot, BreakerState
+from bus.breaker import BreakerSnapshot, BreakerState, Transition
 
 __all__ = ["Metrics"]
 
-_SIZE_BUCKETS = tuple(float(2**p) for p in range(10, 31, 2))  # 1 KiB .. 1 GiB
+_SIZE_BUCKETS = tuple(float(4**p) for p in range(5, 15))  # 1 KiB .. 256 MiB
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_RATIO_BUCKETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 
 
 class Metrics:
@@ -20,14 +30,8 @@ class Metrics:
         r = self.registry
         self.transactions = Counter(
             "bustrail_transactions_total",
-            "Transactions by route and final status.",
+            "Transactions by route and status reached (delivered, stored, failed, ...).",
             ["route", "status"],
-            registry=r,
-        )
-        self.refused_frames = Counter(
-            "bustrail_refused_frames_total",
-            "Frames and requests answered with a JSON-RPC error, by code.",
-            ["code"],
             registry=r,
         )
         self.payload_bytes = Histogram(
@@ -37,36 +41,197 @@ class Metrics:
             buckets=_SIZE_BUCKETS,
             registry=r,
         )
+        self.stored_bytes = Histogram(
+            "bustrail_stored_size_bytes",
+            "Bytes at rest of stored payloads, after compression.",
+            buckets=_SIZE_BUCKETS,
+            registry=r,
+        )
+        self.compression_ratio = Histogram(
+            "bustrail_compression_ratio",
+            "Original size over stored size of stored payloads.",
+            ["compression"],
+            buckets=_RATIO_BUCKETS,
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "bustrail_store_duration_seconds",
+            "Store operations, by operation (put, read, expire).",
+            ["operation"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_errors = Counter(
+            "bustrail_store_errors_total",
+            "Store operations that failed.",
+            ["operation"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "bustrail_fallbacks_total",
+            "Results that could not be stored, by outcome (delivered, fallback_oversize, "
+            "store_unavailable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.fallback_oversize = Counter(
+            "bustrail_fallback_oversize_total",
+            "Results lost to the client because the store failed and they were too big "
+            "to send inline.",
+            registry=r,
+        )
+        self.checksum_mismatches = Counter(
+            "bustrail_checksum_mismatches_total",
+            "Reads that found stored bytes not matching their checksum.",
+            registry=r,
+        )
+        self.fetches = Counter(
+            "bustrail_fetches_total", "Completed fetches of stored payloads.", ["via"], registry=r
+        )
+        self.breaker_transitions = Counter(
+            "bustrail_breaker_transitions_total",
+            "Breaker state changes, by breaker and from/to state.",
+            ["breaker", "from_state", "to_state"],
+            registry=r,
+        )
+        self.breaker_trips = Counter(
+            "bustrail_breaker_trips_total",
+            "Times a breaker opened (a scrape can miss a short open; this cannot).",
+            ["breaker"],
+            registry=r,
+        )
+        self.refused_frames = Counter(
+            "bustrail_refused_frames_total",
+            "Frames, requests and connections refused, by JSON-RPC error or HTTP code.",
+            ["code"],
+            registry=r,
+        )
         self.connections = Gauge(
             "bustrail_websocket_connections", "Open WebSocket connections.", registry=r
-        )
-        self.audit_queue = Gauge(
-            "bustrail_audit_queue_records", "Audit records waiting in memory.", registry=r
-        )
-        self.audit_spool = Gauge(
-            "bustrail_audit_spool_records",
-            "Audit records spooled on disk while the database is unreachable.",
-            registry=r,
-        )
-        self.breaker_state = Gauge(
-            "bustrail_breaker_state",
-            "1 for the state each breaker is in, 0 for the others.",
-            ["breaker", "state"],
-            registry=r,
         )
         self.calls_in_flight = Gauge(
             "bustrail_tool_calls_in_flight", "Tool calls running now.", registry=r
         )
+        self.tool_seconds = Histogram(
+            "bustrail_tool_duration_seconds",
+            "Tool run time, by tool.",
+            ["tool"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self._live = _LiveCollector()
+        r.register(self._live)
 
-    def observe_audit(self, stats: AuditStats) -> None:
-        self.audit_queue.set(stats.queued)
-        self.audit_spool.set(stats.spooled)
-
-    def observe_breaker(self, snapshot: BreakerSnapshot) -> None:
-        for state in BreakerState:
-            self.breaker_state.labels(breaker=snapshot.name, state=state.value).set(
-                1 if snapshot.state is state else 0
+    # -- events ---------------------------------------------------------------------------
+    def transaction(
+        self,
+        route: str,
+        status: str,
+        size: int,
+        *,
+        stored_size: int | None = None,
+        compression: str | None = None,
+    ) -> None:
+        self.transactions.labels(route=route, status=status).inc()
+        self.payload_bytes.labels(route=route).observe(size)
+        if stored_size:
+            self.stored_bytes.observe(stored_size)
+            self.compression_ratio.labels(compression=compression or "none").observe(
+                size / stored_size
             )
+
+    def fallback(self, outcome: str) -> None:
+        self.fallbacks.labels(outcome=outcome).inc()
+        if outcome == "fallback_oversize":
+            self.fallback_oversize.inc()
+
+    def breaker_transition(self, transition: Transition) -> None:
+        self.breaker_transitions.labels(
+            breaker=transition.breaker,
+            from_state=transition.from_state.value,
+            to_state=transition.to_state.value,
+        ).inc()
+        if transition.to_state is BreakerState.OPEN:
+            self.breaker_trips.labels(breaker=transition.breaker).inc()
 
     def refused(self, code: int) -> None:
         self.refused_frames.labels(code=str(code)).inc()
+
+    # -- values read at scrape time -------------------------------------------------------
+    def watch_audit(self, stats: Callable[[], AuditStats]) -> None:
+        self._live.audit = stats
+
+    def watch_breaker(self, snapshot: Callable[[], BreakerSnapshot]) -> None:
+        self._live.breakers.append(snapshot)
+
+    def watch_findings(self, open_by_kind: Callable[[], Mapping[str, int]]) -> None:
+        self._live.findings = open_by_kind
+
+
+class _LiveCollector(Collector):
+    def __init__(self) -> None:
+        self.audit: Callable[[], AuditStats] | None = None
+        self.breakers: list[Callable[[], BreakerSnapshot]] = []
+        self.findings: Callable[[], Mapping[str, int]] | None = None
+
+    def describe(self) -> list[Metric]:
+        return []  # values appear only once something is watched
+
+    def collect(self) -> Iterator[Metric]:
+        if self.audit is not None:
+            stats = self.audit()
+            yield GaugeMetricFamily(
+                "bustrail_audit_queue_records", "Audit records waiting in memory.", stats.queued
+            )
+            yield GaugeMetricFamily(
+                "bustrail_audit_spool_records",
+                "Audit records spooled on disk while the database is unreachable.",
+                stats.spooled,
+            )
+            yield CounterMetricFamily(
+                "bustrail_audit_records_written",
+                "Audit records that reached the database.",
+                stats.written_total,
+            )
+            yield CounterMetricFamily(
+                "bustrail_audit_records_spooled",
+                "Audit records ever sent to the spool.",
+                stats.spooled_total,
+            )
+            yield CounterMetricFamily(
+                "bustrail_audit_write_failures",
+                "Audit batches the database refused (then spooled).",
+                stats.write_failures_total,
+            )
+            yield GaugeMetricFamily(
+                "bustrail_audit_database_up",
+                "1 when the audit writer's last write reached the database.",
+                1 if stats.database_up else 0,
+            )
+        if self.breakers:
+            state = GaugeMetricFamily(
+                "bustrail_breaker_state",
+                "1 for the state each breaker is in, 0 for the others.",
+                labels=["breaker", "state"],
+            )
+            rate = GaugeMetricFamily(
+                "bustrail_breaker_failure_rate",
+                "Failure rate over each breaker's sliding window.",
+                labels=["breaker"],
+            )
+            for snapshot_of in self.breakers:
+                snap = snapshot_of()
+                for s in BreakerState:
+                    state.add_metric([snap.name, s.value], 1 if snap.state is s else 0)
+                rate.add_metric([snap.name], snap.failure_rate)
+            yield state
+            yield rate
+        if self.findings is not None:
+            findings = GaugeMetricFamily(
+                "bustrail_findings_open",
+                "Open silent-failure findings in the debt ledger, by kind.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(self.findings().items()):
+                findings.add_metric([kind], count)
+            yield findings

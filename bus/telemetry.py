@@ -22,10 +22,21 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from sqlalchemy.engine import Engine
 
-__all__ = ["Telemetry", "make_tracer_provider"]
+__all__ = ["Telemetry", "make_tracer_provider", "untraced"]
 
 INSTRUMENTATION = "bustrail"
+
+
+@contextlib.contextmanager
+def untraced() -> Iterator[None]:
+    """No spans from instrumentations in here (background work that answers no request:
+    the audit writer's batches, start-up, cleanup)."""
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
+
+    with suppress_instrumentation():
+        yield
 
 
 def make_tracer_provider(
@@ -54,22 +65,31 @@ class Telemetry:
 
     @contextlib.contextmanager
     def server_span(
-        self, tool: str, request_id: Any, session_id: str, meta: Mapping[str, Any]
+        self,
+        tool: str | None,
+        request_id: Any,
+        session_id: str,
+        meta: Mapping[str, Any],
+        *,
+        method: str = "tools/call",
     ) -> Iterator[Span]:
+        """The server span of one JSON-RPC request: ``tools/call <tool>`` for a tool
+        call, else the method name (``resources/read``); its parent comes from ``_meta``."""
+        attributes = {
+            "mcp.method.name": method,
+            "mcp.session.id": session_id,
+            "jsonrpc.request.id": str(request_id),
+            "network.protocol.name": "websocket",
+        }
+        if tool is not None:
+            attributes["gen_ai.tool.name"] = tool
+            attributes["gen_ai.operation.name"] = "execute_tool"
         carrier = {k: v for k, v in meta.items() if isinstance(v, str)}
-        parent = propagate.extract(carrier)
         with self.tracer.start_as_current_span(
-            f"tools/call {tool}",
-            context=parent,
+            f"{method} {tool}" if tool is not None else method,
+            context=propagate.extract(carrier),
             kind=SpanKind.SERVER,
-            attributes={
-                "mcp.method.name": "tools/call",
-                "mcp.session.id": session_id,
-                "jsonrpc.request.id": str(request_id),
-                "gen_ai.tool.name": tool,
-                "gen_ai.operation.name": "execute_tool",
-                "network.protocol.name": "websocket",
-            },
+            attributes=attributes,
         ) as span:
             yield span
 
@@ -105,6 +125,16 @@ class Telemetry:
         """Write the current context (traceparent, tracestate, baggage) into ``carrier``."""
         propagate.inject(carrier)
         return carrier
+
+    def instrument_engine(self, engine: Engine) -> None:
+        """Database spans from the OpenTelemetry SQLAlchemy instrumentation, for this
+        engine only (its global ``instrument()`` would patch every engine ever made)."""
+        from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+        from opentelemetry.metrics import NoOpMeter
+
+        tracer = self.provider.get_tracer("opentelemetry.instrumentation.sqlalchemy")
+        usage = NoOpMeter("bustrail").create_up_down_counter("db.client.connections.usage")
+        EngineTracer(tracer, engine, usage)  # type: ignore[no-untyped-call]
 
     def shutdown(self) -> None:
         self.provider.shutdown()

@@ -249,7 +249,6 @@ def create_app(runtime: Runtime) -> Starlette:
 
     # -- HTTP: operations -----------------------------------------------------------------
     async def metrics(_request: Request) -> Response:
-        runtime.refresh_gauges()
         return Response(generate_latest(runtime.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(_request: Request) -> Response:

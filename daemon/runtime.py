@@ -25,7 +25,7 @@ from bus.router import RoutingPolicy
 from bus.schema import require_schema, upgrade
 from bus.settings import Settings
 from bus.store import PayloadStore, StoreConfig
-from bus.telemetry import Telemetry, make_tracer_provider
+from bus.telemetry import Telemetry, make_tracer_provider, untraced
 from daemon.tools import ToolRegistry, ToolResult
 
 __all__ = ["Runtime"]
@@ -76,7 +76,18 @@ class Runtime:
             batch_size=settings.bustrail_audit_batch_size,
             flush_seconds=settings.bustrail_audit_flush_seconds,
         )
-        self.bus = MessageBus(self.store, self.audit, self.policy, self.breaker)
+        self.bus = MessageBus(
+            self.store,
+            self.audit,
+            self.policy,
+            self.breaker,
+            metrics=self.metrics,
+            telemetry=self.telemetry,
+        )
+        self.telemetry.instrument_engine(self.db.engine)
+        self.metrics.watch_audit(self.audit.stats)
+        if self.breaker is not None:
+            self.metrics.watch_breaker(self.breaker.snapshot)
         self.tokens = settings.auth_tokens()
         self.sessions: set[Any] = set()
         self.shutting_down = False
@@ -85,15 +96,21 @@ class Runtime:
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_database)
         await asyncio.to_thread(self.audit.start)
-        abandoned = await asyncio.to_thread(
-            self.store.abandon_pending, self.settings.bustrail_abandon_pending_seconds
-        )
+        abandoned = await asyncio.to_thread(self._recover)
         if abandoned:
             log.warning(
                 "recovery: %d transaction(s) left pending by a crash marked failed", abandoned
             )
 
+    def _recover(self) -> int:
+        with untraced():
+            return self.store.abandon_pending(self.settings.bustrail_abandon_pending_seconds)
+
     def _prepare_database(self) -> None:
+        with untraced():
+            self._check_schema()
+
+    def _check_schema(self) -> None:
         if self.db.is_postgres:
             require_schema(self.db)
         else:
@@ -120,12 +137,6 @@ class Runtime:
         await asyncio.to_thread(self.audit.close)
         self.telemetry.shutdown()
         self.db.dispose()
-
-    def refresh_gauges(self) -> None:
-        """Bring the gauges read at scrape time up to date."""
-        self.metrics.observe_audit(self.audit.stats())
-        if self.breaker is not None:
-            self.metrics.observe_breaker(self.breaker.snapshot())
 
     # -- auth -----------------------------------------------------------------------------
     def tenant_for(self, token: str | None) -> str | None:

@@ -147,7 +147,7 @@ class Session:
             )
             return
         try:
-            result = await handler(request.params)
+            result = await handler(request)
         except ProtocolError as exc:
             exc.request_id = request.id
             await self.refuse(exc)
@@ -161,7 +161,8 @@ class Session:
         await self.send(jsonrpc.result_response(request.id, result))
 
     # -- methods --------------------------------------------------------------------------
-    async def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
+    async def _initialize(self, request: Request) -> dict[str, Any]:
+        params = request.params
         capabilities = params.get("capabilities") or {}
         cap = None
         if isinstance(capabilities, dict):
@@ -198,36 +199,56 @@ class Session:
             "serverInfo": {"name": "bustrail", "version": self.runtime.version},
         }
 
-    async def _ping(self, _params: dict[str, Any]) -> dict[str, Any]:
+    async def _ping(self, _request: Request) -> dict[str, Any]:
         return {}
 
-    async def _tools_list(self, _params: dict[str, Any]) -> dict[str, Any]:
+    async def _tools_list(self, _request: Request) -> dict[str, Any]:
         return {"tools": [t.describe() for t in self.runtime.tools.list()]}
 
-    async def _resources_read(self, params: dict[str, Any]) -> dict[str, Any]:
-        uri = params.get("uri")
+    async def _resources_read(self, request: Request) -> dict[str, Any]:
+        uri = request.params.get("uri")
         tx_id = parse_transaction_uri(uri)
         if tx_id is None:
             raise ProtocolError(
                 Code.INVALID_PARAMS, f"invalid params: uri must be {URI_PREFIX}<id>, got {uri!r}"
             )
+        meta = request.params.get("_meta")
+        with self.runtime.telemetry.server_span(
+            None,
+            request.id,
+            self.id,
+            meta if isinstance(meta, dict) else {},
+            method="resources/read",
+        ) as span:
+            span.set_attribute("mcp.resource.uri", str(uri))
+            try:
+                return await self._read_resource(request, str(uri), tx_id)
+            except ProtocolError as exc:
+                self.runtime.telemetry.mark_error(span, str(exc.code))
+                raise
+
+    async def _read_resource(self, request: Request, uri: str, tx_id: uuid.UUID) -> dict[str, Any]:
         store = self.runtime.store
+        limit = self.runtime.policy.client_limit(self.client_cap)
         try:
             record = await asyncio.to_thread(store.info, self.tenant, tx_id)
-            limit = self.runtime.policy.client_limit(self.client_cap)
             # base64 or JSON escaping only grow a payload: refuse early what cannot fit.
             if record.size > limit:
                 raise self._too_large_for_message(tx_id, record.size, limit)
-            opened = await asyncio.to_thread(store.open, self.tenant, tx_id)
+            opened = await asyncio.to_thread(store.open, self.tenant, tx_id, count_fetch=False)
             data = await asyncio.to_thread(opened.read_all)
         except ProtocolError:
             raise
         except BustrailError as exc:
+            if isinstance(exc, ChecksumMismatch):
+                self.runtime.metrics.checksum_mismatches.inc()
             raise _store_protocol_error(exc) from exc
         result = _resource_contents(uri, record.mime_type, data)
-        size = len(encode_message(jsonrpc.result_response("x" * 40, result)))
+        size = len(encode_message(jsonrpc.result_response(request.id, result)))
         if size > limit:
             raise self._too_large_for_message(tx_id, size, limit)
+        await asyncio.to_thread(store.record_fetch, record)
+        self.runtime.metrics.fetches.labels(via="resources/read").inc()
         return result
 
     def _too_large_for_message(self, tx_id: uuid.UUID, size: int, limit: int) -> ProtocolError:
