@@ -93,8 +93,11 @@ def mask_url(url: str) -> str:
 class Database:
     """An engine plus the few things every caller needs from it."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self, url: str, *, pool_size: int = 10, echo: bool = False, busy_timeout: float = 30.0
+    ) -> None:
         self.url = normalize_url(url)
+        self.busy_timeout = busy_timeout
         self.dialect_name = "postgresql" if self.url.startswith("postgresql") else "sqlite"
         self.engine: Engine = self._create_engine(pool_size=pool_size, echo=echo)
 
@@ -115,7 +118,7 @@ class Database:
             engine = sa.create_engine(
                 self.url,
                 echo=echo,
-                connect_args={"check_same_thread": False, "timeout": 30},
+                connect_args={"check_same_thread": False, "timeout": self.busy_timeout},
             )
             event.listen(engine, "connect", _sqlite_pragmas)
             return engine
@@ -173,5 +176,4 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()

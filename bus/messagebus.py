@@ -23,6 +23,7 @@ from bus.audit import AuditWriter
 from bus.breaker import CircuitBreaker, CircuitOpenError, Transition
 from bus.db import new_transaction_id, utcnow
 from bus.errors import PayloadTooLarge, StoreError
+from bus.inspect import suspicious_result
 from bus.metrics import Metrics
 from bus.models import Compression, Route, Status, Transaction
 from bus.records import transaction_to_row
@@ -55,6 +56,7 @@ class Delivery:
     record: Transaction | None = None  # store: the claim check
     error_kind: str | None = None
     error: str | None = None
+    hint: str | None = None  # a success that looks like a failure (bus.inspect)
 
     @property
     def ok(self) -> bool:
@@ -131,6 +133,12 @@ class MessageBus:
             return
         base = {"route": delivery.route, "size": delivery.size, "checksum": delivery.checksum}
         if sent:
+            hint = {}
+            if delivery.hint:
+                hint = {
+                    "error_kind": delivery.hint,
+                    "error": f"the result looks like a failure ({delivery.hint})",
+                }
             self._final(
                 ctx,
                 delivery.route,
@@ -138,6 +146,7 @@ class MessageBus:
                 delivered_at=self._clock(),
                 size=delivery.size,
                 checksum=delivery.checksum,
+                **hint,
             )
         else:
             self.fail(
@@ -163,6 +172,7 @@ class MessageBus:
             delivery = await self._deliver(ctx, payload, build_inline, client_cap)
             span.set_attribute("bustrail.route", delivery.route.value)
             span.set_attribute("bustrail.action", delivery.action.value)
+            delivery.hint = ctx.hint
             return delivery
 
     async def _deliver(
@@ -175,6 +185,7 @@ class MessageBus:
         tx_id, _ = ctx.ensure_id()
         size = len(payload)
         checksum = hashlib.sha256(payload).hexdigest()
+        ctx.hint = suspicious_result(payload)
         base = {"size": size, "checksum": checksum}
         if size > self.policy.max_payload_bytes:
             decision = decide(self.policy, payload_size=size, message_size=0, client_cap=client_cap)

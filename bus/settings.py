@@ -14,12 +14,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bus.breaker import BreakerConfig
+from bus.db import Database
 from bus.errors import SettingsError
 
 __all__ = ["DEFAULT_DATABASE_URL", "Settings", "load_settings", "parse_auth_tokens"]
 
 MIB = 1024 * 1024
 DEFAULT_DATABASE_URL = "sqlite:///.bustrail/bustrail.db"
+_LEVELS = {"gzip": (1, 9), "zstd": (1, 22)}  # MESSAGE_BUS_COMPRESSION_LEVEL per codec
 
 
 class Settings(BaseSettings):
@@ -78,6 +80,11 @@ class Settings(BaseSettings):
         description="sqlite:///PATH (embedded default) or postgresql://... (production).",
     )
     database_pool_size: int = Field(10, ge=1, le=200, description="PostgreSQL pool size.")
+    bustrail_sqlite_busy_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="How long an SQLite write waits for the file's lock before failing.",
+    )
 
     # -- breaker details ------------------------------------------------------------------
     circuit_breaker_window_size: int = Field(
@@ -134,8 +141,10 @@ class Settings(BaseSettings):
     )
 
     # -- observability ------------------------------------------------------------------
-    bustrail_trace_exporter: Literal["none", "console", "otlp"] = Field(
-        "none", description="Where spans go; `otlp` uses the standard OTEL_EXPORTER_* vars."
+    bustrail_trace_exporter: Literal["none", "console", "otlp", "off"] = Field(
+        "none",
+        description="Where spans go: none (ids still recorded in the audit), console, otlp "
+        "(the standard OTEL_EXPORTER_OTLP_* variables), or off (no tracing, no trace ids).",
     )
     bustrail_trace_url_template: str = Field(
         "",
@@ -150,6 +159,22 @@ class Settings(BaseSettings):
                 f"exceed CIRCUIT_BREAKER_WINDOW_SIZE ({self.circuit_breaker_window_size})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _level_fits_codec(self) -> Settings:
+        level, codec = self.message_bus_compression_level, self.message_bus_compression
+        bounds = _LEVELS.get(codec)
+        if level is not None and bounds and not bounds[0] <= level <= bounds[1]:
+            raise ValueError(
+                f"MESSAGE_BUS_COMPRESSION_LEVEL ({level}) must be {bounds[0]}-{bounds[1]} for "
+                f"{codec}, or empty for the codec's default"
+            )
+        return self
+
+    @field_validator("message_bus_compression_level", mode="before")
+    @classmethod
+    def _empty_level_is_default(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     def breaker_config(self) -> BreakerConfig:
         return BreakerConfig(
@@ -176,6 +201,14 @@ class Settings(BaseSettings):
         if not url.startswith(("sqlite:", "postgresql:", "postgres:", "postgresql+psycopg:")):
             raise ValueError("must start with sqlite:/// or postgresql://")
         return value
+
+    def database(self) -> Database:
+        """A Database for DATABASE_URL with the pool and lock settings applied."""
+        return Database(
+            self.database_url.get_secret_value(),
+            pool_size=self.database_pool_size,
+            busy_timeout=self.bustrail_sqlite_busy_timeout_seconds,
+        )
 
     @property
     def threshold_bytes(self) -> int:
@@ -223,13 +256,19 @@ class Settings(BaseSettings):
 def parse_auth_tokens(raw: str) -> dict[str, str]:
     """Parse ``token=tenant,token2=tenant2``; raise ValueError naming the bad entry."""
     tokens: dict[str, str] = {}
-    for entry in (e.strip() for e in raw.split(",")):
+    for number, entry in enumerate((e.strip() for e in raw.split(",")), start=1):
         if not entry:
             continue
         token, sep, tenant = entry.partition("=")
         if not sep or not token.strip() or not tenant.strip():
-            shown = entry if "=" not in entry else entry.split("=", 1)[0][:4] + "...="
-            raise ValueError(f"expected token=tenant, got {shown!r}")
+            # Never echo a token, not even part of one: an entry without "=" may be one.
+            if not sep:
+                shown = "***"
+            elif not token.strip():
+                shown = f"={tenant.strip()}"
+            else:
+                shown = "***="
+            raise ValueError(f"entry {number}: expected token=tenant, got {shown!r}")
         tokens[token.strip()] = tenant.strip()
     return tokens
 

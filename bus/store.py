@@ -24,15 +24,17 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, cast
 
+import psycopg
 import sqlalchemy as sa
 
 from bus.codec import Compression, Encoder, IncompleteStream, decode, iter_pieces
-from bus.db import Database, new_transaction_id, utcnow
+from bus.db import Database, created_at_of, new_transaction_id, utcnow
 from bus.errors import (
     ChecksumMismatch,
     PayloadTooLarge,
+    StoreError,
     TransactionNotFound,
     TransactionUnavailable,
 )
@@ -88,12 +90,23 @@ class TransactionContext:
     trace_id: str | None = None
     span_id: str | None = None
     tool_ms: float | None = None
+    # A successful result that looks like a failure (bus.inspect): recorded as its
+    # error_kind while the status stays delivered/stored.
+    hint: str | None = None
     transaction_id: uuid.UUID | None = None
     created_at: datetime | None = None
 
     def ensure_id(self) -> tuple[uuid.UUID, datetime]:
-        if self.transaction_id is None or self.created_at is None:
+        if self.transaction_id is None:
             self.transaction_id, self.created_at = new_transaction_id()
+        elif self.created_at is None:
+            # A caller's id is kept; its creation time is the one inside it (UUIDv7).
+            self.created_at = created_at_of(self.transaction_id)
+        elif self.created_at != created_at_of(self.transaction_id):
+            raise ValueError(
+                f"created_at {self.created_at.isoformat()} is not the time inside "
+                f"transaction id {self.transaction_id}"
+            )
         return self.transaction_id, self.created_at
 
 
@@ -127,9 +140,10 @@ class PayloadStore:
     def put(self, context: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
         """Store a payload; return its transaction (status ``stored``).
 
-        Raises PayloadTooLarge (nothing kept) or StoreError (database trouble; the row
-        stays ``pending`` for the caller to settle). A payload iterator's own exceptions
-        propagate unchanged.
+        Raises PayloadTooLarge (no chunk kept; bytes over the limit are refused before
+        any row is written, an iterator that grows past it leaves its row ``rejected``)
+        or StoreError (database trouble; the row stays ``pending`` for the caller to
+        settle). A payload iterator's own exceptions propagate unchanged.
         """
         limit = self.config.max_payload_bytes
         if isinstance(payload, bytes | bytearray | memoryview) and len(payload) > limit:
@@ -156,14 +170,14 @@ class PayloadStore:
         seq = 0
         try:
             for piece in iter_pieces(payload):
-                for chunk in encoder.feed(piece):
-                    self._write_chunk(context.tenant, tx_id, seq, chunk)
-                    seq += 1
+                seq = self._write_chunks(context.tenant, tx_id, seq, encoder.feed(piece))
                 if encoder.size > limit:
                     raise PayloadTooLarge(encoder.size, limit)
-            for chunk in encoder.finish():
-                self._write_chunk(context.tenant, tx_id, seq, chunk)
-                seq += 1
+            seq = self._write_chunks(context.tenant, tx_id, seq, encoder.finish())
+        except PayloadTooLarge as exc:
+            self._discard_chunks(context.tenant, tx_id)
+            self._reject(record, exc)
+            raise
         except BaseException:
             self._discard_chunks(context.tenant, tx_id)
             raise
@@ -181,6 +195,9 @@ class PayloadStore:
             "expires_at": now + timedelta(seconds=self.config.ttl_seconds),
             "store_ms": (time.perf_counter() - started) * 1000,
         }
+        if context.hint:
+            values["error_kind"] = context.hint
+            values["error"] = f"the result looks like a failure ({context.hint})"
         with self.db.begin(context.tenant) as conn:
             conn.execute(
                 transactions.update()
@@ -191,16 +208,52 @@ class PayloadStore:
             setattr(record, name, value)
         return record
 
+    def _write_chunks(self, tenant: str, tx_id: uuid.UUID, seq: int, new: list[bytes]) -> int:
+        """Write and let go of each chunk in turn (no chunk outlives its write)."""
+        new.reverse()
+        while new:
+            self._write_chunk(tenant, tx_id, seq, new.pop())
+            seq += 1
+        return seq
+
+    def _reject(self, record: Transaction, exc: PayloadTooLarge) -> None:
+        """An iterator outgrew MESSAGE_BUS_MAX_PAYLOAD_MB: the lifecycle says ``rejected``."""
+        try:
+            with self.db.begin(record.tenant) as conn:
+                conn.execute(
+                    transactions.update()
+                    .where(
+                        *_key(record.id, record.created_at, record.tenant),
+                        transactions.c.status == Status.PENDING,
+                    )
+                    .values(
+                        status=Status.REJECTED,
+                        size=exc.size,
+                        error_kind="payload_too_large",
+                        error=str(exc),
+                    )
+                )
+        except Exception:
+            log.warning("could not mark %s rejected; it stays pending", record.id)
+            return
+        record.status = Status.REJECTED
+        record.size = exc.size
+        record.error_kind = "payload_too_large"
+        record.error = str(exc)
+
     def _write_chunk(self, tenant: str, tx_id: uuid.UUID, seq: int, data: bytes) -> None:
+        # Values as execute() parameters, not .values(): SQLAlchemy's statement cache
+        # would keep the first statement it compiled, with its chunk, for good.
         with self.db.begin(tenant) as conn:
             conn.execute(
-                chunks.insert().values(
-                    transaction_id=tx_id,
-                    seq=seq,
-                    tenant=tenant,
-                    checksum=hashlib.sha256(data).hexdigest(),
-                    data=data,
-                )
+                chunks.insert(),
+                {
+                    "transaction_id": tx_id,
+                    "seq": seq,
+                    "tenant": tenant,
+                    "checksum": hashlib.sha256(data).hexdigest(),
+                    "data": data,
+                },
             )
 
     def _discard_chunks(self, tenant: str, tx_id: uuid.UUID) -> None:
@@ -253,22 +306,47 @@ class PayloadStore:
 
     def _stored_chunks(self, record: Transaction) -> Iterator[bytes]:
         for seq in range(record.chunk_count):
-            with self.db.begin(record.tenant) as conn:
-                row = conn.execute(
+            row = self._read_chunk(record, seq)
+            if row is None:
+                self._mark_corrupted(record, f"chunk {seq} is missing")
+                raise ChecksumMismatch(record.id, f"chunk {seq} (missing)")
+            data, checksum = row
+            del row
+            if hashlib.sha256(data).hexdigest() != checksum:
+                self._mark_corrupted(record, f"chunk {seq} does not match its checksum")
+                raise ChecksumMismatch(record.id, f"chunk {seq}")
+            yield data
+            del data  # not held while the next chunk is read
+
+    def _read_chunk(self, record: Transaction, seq: int) -> tuple[bytes, str] | None:
+        """One chunk's bytes and checksum, or None when the row is missing."""
+        with self.db.begin(record.tenant) as conn:
+            if self.db.is_postgres:
+                # Binary results: bytea arrives as its bytes, not as hex text twice their
+                # size (which libpq would hold twice over, then psycopg decode).
+                raw = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
+                try:
+                    with raw.cursor(binary=True) as cursor:
+                        cursor.execute(
+                            "SELECT data, checksum FROM chunks "
+                            "WHERE transaction_id = %s AND seq = %s AND tenant = %s",
+                            (record.id, seq, record.tenant),
+                        )
+                        found = cursor.fetchone()
+                except psycopg.Error as exc:
+                    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    raise StoreError(f"database error: {detail}") from exc
+            else:
+                found = conn.execute(
                     sa.select(chunks.c.data, chunks.c.checksum).where(
                         chunks.c.transaction_id == record.id,
                         chunks.c.seq == seq,
                         chunks.c.tenant == record.tenant,
                     )
                 ).first()
-            if row is None:
-                self._mark_corrupted(record, f"chunk {seq} is missing")
-                raise ChecksumMismatch(record.id, f"chunk {seq} (missing)")
-            data = bytes(row.data)
-            if hashlib.sha256(data).hexdigest() != row.checksum:
-                self._mark_corrupted(record, f"chunk {seq} does not match its checksum")
-                raise ChecksumMismatch(record.id, f"chunk {seq}")
-            yield data
+        if found is None:
+            return None
+        return bytes(found[0]), str(found[1])
 
     def record_fetch(self, record: Transaction) -> None:
         now = self._clock()
@@ -297,8 +375,13 @@ class PayloadStore:
 
     # -- removing -----------------------------------------------------------------------
     def delete(self, tenant: str, transaction_id: uuid.UUID) -> None:
-        """Expire one of ``tenant``'s payloads now: chunks deleted, row archived."""
-        record = self.info(tenant, transaction_id)
+        """Expire one of ``tenant``'s payloads now: chunks deleted, row archived.
+
+        Deleting an already archived (expired) transaction does nothing."""
+        record = get_transaction(self.db, tenant, transaction_id, include_archive=False)
+        if record is None:
+            self.info(tenant, transaction_id)  # TransactionNotFound unless archived
+            return
         now = self._clock()
         with self.db.begin(tenant) as conn:
             _archive_rows(conn, [record], now)

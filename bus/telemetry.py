@@ -21,7 +21,7 @@ from opentelemetry import propagate
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Status, StatusCode, Tracer
 from sqlalchemy.engine import Engine
 
 __all__ = ["Telemetry", "make_tracer_provider", "untraced"]
@@ -59,9 +59,17 @@ class Telemetry:
     """The spans bustrail makes, from its own tracer provider (the global one is left
     alone, so an application embedding bustrail keeps control of its tracing)."""
 
-    def __init__(self, provider: TracerProvider | None = None) -> None:
+    def __init__(self, provider: TracerProvider | None = None, *, enabled: bool = True) -> None:
         self.provider = provider or make_tracer_provider()
-        self.tracer = self.provider.get_tracer(INSTRUMENTATION)
+        self.enabled = enabled
+        self.tracer: Tracer = self.provider.get_tracer(INSTRUMENTATION) if enabled else NoOpTracer()
+
+    @classmethod
+    def from_exporter(cls, exporter: str) -> Telemetry:
+        """From BUSTRAIL_TRACE_EXPORTER: none, console, otlp, or off (no tracing at all)."""
+        if exporter == "off":
+            return cls(make_tracer_provider("none"), enabled=False)
+        return cls(make_tracer_provider(exporter))
 
     @contextlib.contextmanager
     def server_span(
@@ -129,6 +137,8 @@ class Telemetry:
     def instrument_engine(self, engine: Engine) -> None:
         """Database spans from the OpenTelemetry SQLAlchemy instrumentation, for this
         engine only (its global ``instrument()`` would patch every engine ever made)."""
+        if not self.enabled:
+            return
         from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
         from opentelemetry.metrics import NoOpMeter
 

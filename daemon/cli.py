@@ -62,9 +62,7 @@ def settings_from_env() -> Settings:
 
 
 def open_database(settings: Settings) -> Any:
-    from bus.db import Database
-
-    return Database(settings.database_url.get_secret_value(), pool_size=settings.database_pool_size)
+    return settings.database()
 
 
 @db_app.command("upgrade")

@@ -16,7 +16,6 @@ from typing import Any
 
 from bus.audit import AuditWriter
 from bus.breaker import CircuitBreaker
-from bus.db import Database
 from bus.errors import StoreError
 from bus.messagebus import MessageBus
 from bus.metrics import Metrics
@@ -25,7 +24,7 @@ from bus.router import RoutingPolicy
 from bus.schema import require_schema, upgrade
 from bus.settings import Settings
 from bus.store import PayloadStore, StoreConfig
-from bus.telemetry import Telemetry, make_tracer_provider, untraced
+from bus.telemetry import Telemetry, untraced
 from daemon.tools import ToolRegistry, ToolResult
 
 __all__ = ["Runtime"]
@@ -52,13 +51,9 @@ class Runtime:
         self.settings = settings
         self.tools = tools
         self.version = _version()
-        self.telemetry = telemetry or Telemetry(
-            make_tracer_provider(settings.bustrail_trace_exporter)
-        )
+        self.telemetry = telemetry or Telemetry.from_exporter(settings.bustrail_trace_exporter)
         self.metrics = metrics or Metrics()
-        self.db = Database(
-            settings.database_url.get_secret_value(), pool_size=settings.database_pool_size
-        )
+        self.db = settings.database()
         self.store = PayloadStore(self.db, StoreConfig.from_settings(settings))
         self.policy = RoutingPolicy.from_settings(settings)
         self.breaker = (
