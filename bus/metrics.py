@@ -4,10 +4,19 @@
 Counters and histograms are updated where things happen; values that live elsewhere
 (audit queue and spool, breaker state, open findings) are read at scrape time by a
 collector, so a scrape always sees the current figure and nothing polls in between.
+A source that fails to answer (the findings query during a database outage) costs only
+its own families, reported by ``bustrail_metrics_source_up``: the scrape still shows the
+breaker and the spool, which is when they matter most.
+
+Counters that alerts watch exist at 0 from the start (``increase()`` cannot see the
+first event of a series that appears with it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -19,9 +28,19 @@ from bus.breaker import BreakerSnapshot, BreakerState, Transition
 
 __all__ = ["Metrics"]
 
+log = logging.getLogger(__name__)
+
 _SIZE_BUCKETS = tuple(float(4**p) for p in range(5, 15))  # 1 KiB .. 256 MiB
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RATIO_BUCKETS = (1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32)
+# Every edge the breaker's state machine can take (bus.breaker).
+_BREAKER_EDGES = (
+    (BreakerState.CLOSED, BreakerState.OPEN),
+    (BreakerState.OPEN, BreakerState.HALF_OPEN),
+    (BreakerState.HALF_OPEN, BreakerState.CLOSED),
+    (BreakerState.HALF_OPEN, BreakerState.OPEN),
+)
+_FALLBACK_OUTCOMES = ("delivered", "fallback_oversize", "store_unavailable")
 
 
 class Metrics:
@@ -56,7 +75,8 @@ class Metrics:
         )
         self.store_seconds = Histogram(
             "bustrail_store_duration_seconds",
-            "Store operations, by operation (put, read, expire).",
+            "Store operations, by operation (put: a whole payload stored; read: the time "
+            "spent reading and verifying a whole payload, waits for the client excluded).",
             ["operation"],
             buckets=_LATENCY_BUCKETS,
             registry=r,
@@ -119,8 +139,31 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.upstream_up = Gauge(
+            "bustrail_upstream_up",
+            "1 when a gateway upstream MCP server is initialized and answering.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_restarts = Counter(
+            "bustrail_upstream_restarts_total",
+            "Times a gateway upstream was restarted after dying.",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_calls = Counter(
+            "bustrail_upstream_calls_total",
+            "Tool calls forwarded to a gateway upstream, by outcome.",
+            ["upstream", "outcome"],
+            registry=r,
+        )
         self._live = _LiveCollector()
         r.register(self._live)
+        for outcome in _FALLBACK_OUTCOMES:
+            self.fallbacks.labels(outcome=outcome)
+        self.store_errors.labels(operation="put")
+        for via in ("http", "resources/read", "argument"):
+            self.fetches.labels(via=via)
 
     # -- events ---------------------------------------------------------------------------
     def transaction(
@@ -157,11 +200,28 @@ class Metrics:
     def refused(self, code: int) -> None:
         self.refused_frames.labels(code=str(code)).inc()
 
+    @contextlib.contextmanager
+    def tool_call(self, tool: str) -> Iterator[None]:
+        """A tool running: in flight while inside, its duration observed however it ends."""
+        self.calls_in_flight.inc()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.calls_in_flight.dec()
+            self.tool_seconds.labels(tool=tool).observe(time.perf_counter() - started)
+
     # -- values read at scrape time -------------------------------------------------------
     def watch_audit(self, stats: Callable[[], AuditStats]) -> None:
         self._live.audit = stats
 
     def watch_breaker(self, snapshot: Callable[[], BreakerSnapshot]) -> None:
+        name = snapshot().name
+        self.breaker_trips.labels(breaker=name)
+        for from_state, to_state in _BREAKER_EDGES:
+            self.breaker_transitions.labels(
+                breaker=name, from_state=from_state.value, to_state=to_state.value
+            )
         self._live.breakers.append(snapshot)
 
     def watch_findings(self, open_by_kind: Callable[[], Mapping[str, int]]) -> None:
@@ -178,60 +238,91 @@ class _LiveCollector(Collector):
         return []  # values appear only once something is watched
 
     def collect(self) -> Iterator[Metric]:
+        sources: list[tuple[str, Callable[[], list[Metric]]]] = []
         if self.audit is not None:
-            stats = self.audit()
-            yield GaugeMetricFamily(
+            sources.append(("audit", self._audit))
+        if self.breakers:
+            sources.append(("breaker", self._breakers))
+        if self.findings is not None:
+            sources.append(("findings", self._findings))
+        if not sources:
+            return
+        up = GaugeMetricFamily(
+            "bustrail_metrics_source_up",
+            "1 when a value source answered this scrape (audit, breaker, findings); 0 when it "
+            "failed and its metrics are missing from the scrape.",
+            labels=["source"],
+        )
+        for name, read in sources:
+            try:
+                families = read()  # read in full first: a failure yields nothing half-done
+            except Exception as exc:
+                log.warning("metrics: the %s source failed at scrape time: %r", name, exc)
+                up.add_metric([name], 0)
+                continue
+            up.add_metric([name], 1)
+            yield from families
+        yield up
+
+    def _audit(self) -> list[Metric]:
+        assert self.audit is not None
+        stats = self.audit()
+        return [
+            GaugeMetricFamily(
                 "bustrail_audit_queue_records", "Audit records waiting in memory.", stats.queued
-            )
-            yield GaugeMetricFamily(
+            ),
+            GaugeMetricFamily(
                 "bustrail_audit_spool_records",
                 "Audit records spooled on disk while the database is unreachable.",
                 stats.spooled,
-            )
-            yield CounterMetricFamily(
+            ),
+            CounterMetricFamily(
                 "bustrail_audit_records_written",
                 "Audit records that reached the database.",
                 stats.written_total,
-            )
-            yield CounterMetricFamily(
+            ),
+            CounterMetricFamily(
                 "bustrail_audit_records_spooled",
                 "Audit records ever sent to the spool.",
                 stats.spooled_total,
-            )
-            yield CounterMetricFamily(
+            ),
+            CounterMetricFamily(
                 "bustrail_audit_write_failures",
                 "Audit batches the database refused (then spooled).",
                 stats.write_failures_total,
-            )
-            yield GaugeMetricFamily(
+            ),
+            GaugeMetricFamily(
                 "bustrail_audit_database_up",
                 "1 when the audit writer's last write reached the database.",
                 1 if stats.database_up else 0,
-            )
-        if self.breakers:
-            state = GaugeMetricFamily(
-                "bustrail_breaker_state",
-                "1 for the state each breaker is in, 0 for the others.",
-                labels=["breaker", "state"],
-            )
-            rate = GaugeMetricFamily(
-                "bustrail_breaker_failure_rate",
-                "Failure rate over each breaker's sliding window.",
-                labels=["breaker"],
-            )
-            for snapshot_of in self.breakers:
-                snap = snapshot_of()
-                for s in BreakerState:
-                    state.add_metric([snap.name, s.value], 1 if snap.state is s else 0)
-                rate.add_metric([snap.name], snap.failure_rate)
-            yield state
-            yield rate
-        if self.findings is not None:
-            findings = GaugeMetricFamily(
-                "bustrail_findings_open",
-                "Open silent-failure findings in the debt ledger, by kind.",
-                labels=["kind"],
-            )
-            for kind, count in sorted(self.findings().items()):
-                findings.add_metric([kind], count)
-            yield findings
+            ),
+        ]
+
+    def _breakers(self) -> list[Metric]:
+        state = GaugeMetricFamily(
+            "bustrail_breaker_state",
+            "1 for the state each breaker is in, 0 for the others.",
+            labels=["breaker", "state"],
+        )
+        rate = GaugeMetricFamily(
+            "bustrail_breaker_failure_rate",
+            "Failure rate over each breaker's sliding window.",
+            labels=["breaker"],
+        )
+        for snapshot_of in self.breakers:
+            snap = snapshot_of()
+            for s in BreakerState:
+                state.add_metric([snap.name, s.value], 1 if snap.state is s else 0)
+            rate.add_metric([snap.name], snap.failure_rate)
+        return [state, rate]
+
+    def _findings(self) -> list[Metric]:
+        assert self.findings is not None
+        findings = GaugeMetricFamily(
+            "bustrail_findings_open",
+            "Open silent-failure findings in the debt ledger, by kind.",
+            labels=["kind"],
+        )
+        for kind, count in sorted(self.findings().items()):
+            findings.add_metric([kind], count)
+        return [findings]

@@ -7,6 +7,7 @@ hands the result to the parts that need it; a bad value stops start-up with a
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -136,8 +137,21 @@ class Settings(BaseSettings):
     bustrail_files_root: Path = Field(
         Path("."), description="The only folder the built-in read_file tool may read."
     )
+    bustrail_upstreams: str = Field(
+        "",
+        description='Gateway upstreams as JSON {"NAME": "COMMAND ARGS"} or @FILE holding it; '
+        "added to --upstream.",
+    )
     bustrail_tool_timeout_seconds: float = Field(
         300, gt=0, description="A tool call running longer than this is cancelled."
+    )
+
+    # -- previews (for agents) -----------------------------------------------------------
+    bustrail_preview_head_bytes: int = Field(
+        2048, ge=0, le=1024 * 1024, description="Bytes of a stored result's head in its preview."
+    )
+    bustrail_preview_tail_bytes: int = Field(
+        1024, ge=0, le=1024 * 1024, description="Bytes of a stored result's tail in its preview."
     )
 
     # -- observability ------------------------------------------------------------------
@@ -248,6 +262,30 @@ class Settings(BaseSettings):
             except ValueError as exc:
                 raise SettingsError([f"BUSTRAIL_AUTH_TOKENS ({path}): {exc}"]) from exc
         return parse_auth_tokens(raw)
+
+    def upstream_commands(self) -> dict[str, str]:
+        """NAME -> COMMAND from BUSTRAIL_UPSTREAMS (JSON object, or @FILE holding one)."""
+        raw = self.bustrail_upstreams.strip()
+        if not raw:
+            return {}
+        source = "BUSTRAIL_UPSTREAMS"
+        if raw.startswith("@"):
+            source = f"BUSTRAIL_UPSTREAMS ({raw[1:]})"
+            try:
+                raw = Path(raw[1:]).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError([f"{source}: cannot read: {exc.strerror}"]) from exc
+        try:
+            value = json.loads(raw)
+        except ValueError as exc:
+            raise SettingsError(
+                [f'{source}: expected JSON like {{"NAME": "COMMAND"}}: {exc}']
+            ) from exc
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) and v.strip() for k, v in value.items()
+        ):
+            raise SettingsError([f'{source}: expected a JSON object {{"NAME": "COMMAND"}}'])
+        return value
 
     def allowed_origins(self) -> list[str]:
         return [o.strip() for o in self.bustrail_allowed_origins.split(",") if o.strip()]

@@ -21,10 +21,13 @@ import contextlib
 import logging
 import queue
 import re
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
+from opentelemetry.context import Context
+from opentelemetry.trace import Span
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -41,7 +44,7 @@ from bus.errors import (
     TransactionNotFound,
     TransactionUnavailable,
 )
-from bus.models import Direction
+from bus.models import Direction, Transaction
 from bus.store import TransactionContext
 from daemon.runtime import Runtime
 from daemon.session import Session
@@ -49,6 +52,7 @@ from daemon.session import Session
 __all__ = ["create_app"]
 
 log = logging.getLogger(__name__)
+HTTPHandler = Callable[[Request, Span, Context], Awaitable[Response]]
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 _END = object()
 
@@ -61,8 +65,8 @@ def _token(headers: Any, query: Any) -> str | None:
     return str(token) if token else None
 
 
-def _error(status: int, message: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": message, **extra}, status_code=status)
+def _error(http_status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=http_status)
 
 
 def create_app(runtime: Runtime) -> Starlette:
@@ -78,16 +82,18 @@ def create_app(runtime: Runtime) -> Starlette:
     async def websocket_endpoint(ws: WebSocket) -> None:
         tenant = runtime.tenant_for(_token(ws.headers, ws.query_params))
         origin = ws.headers.get("origin")
+        # Refusals accept, then close with a code and reason: closing before accepting
+        # turns into a bare HTTP 403 that tells the client nothing.
         if tenant is None:
             runtime.metrics.refused(401)
-            await ws.close(code=1008, reason="missing or unknown bearer token")
+            await _refuse(ws, 1008, "missing or unknown bearer token")
             return
         if origin is not None and origin not in runtime.settings.allowed_origins():
             runtime.metrics.refused(403)
-            await ws.close(code=1008, reason=f"origin {origin} is not allowed")
+            await _refuse(ws, 1008, f"origin {origin} is not allowed")
             return
         if runtime.shutting_down:
-            await ws.close(code=1001, reason="shutting down")
+            await _refuse(ws, 1001, "the daemon is shutting down")
             return
         offered = ws.scope.get("subprotocols") or []
         await ws.accept(subprotocol="mcp" if "mcp" in offered else None)
@@ -103,6 +109,8 @@ def create_app(runtime: Runtime) -> Starlette:
             while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
+                    if message.get("code") == 1009:  # a frame over WEBSOCKET_MAX_MESSAGE_MB
+                        runtime.metrics.refused(1009)
                     break
                 text = message.get("text")
                 if text is None:
@@ -117,8 +125,27 @@ def create_app(runtime: Runtime) -> Starlette:
                 "- session %s closed (%d call(s) in flight)", session.id[:8], len(session.calls())
             )
 
+    # -- HTTP: tracing -------------------------------------------------------------------
+    def traced(route: str, handler: HTTPHandler) -> Callable[[Request], Awaitable[Response]]:
+        """``handler`` inside its HTTP server span (parent from the W3C headers). The span
+        ends with the response, except a streamed one, whose body ends it."""
+
+        async def endpoint(request: Request) -> Response:
+            span, ctx = runtime.telemetry.start_http_span(request.method, route, request.headers)
+            try:
+                with runtime.telemetry.attached(ctx):
+                    response = await handler(request, span, ctx)
+            except BaseException as exc:
+                runtime.telemetry.end_http(span, 500, type(exc).__name__)
+                raise
+            if not isinstance(response, StreamingResponse):
+                runtime.telemetry.end_http(span, response.status_code)
+            return response
+
+        return endpoint
+
     # -- HTTP: download -----------------------------------------------------------------
-    async def download(request: Request) -> Response:
+    async def download(request: Request, span: Span, ctx: Context) -> Response:
         tenant = runtime.tenant_for(_token(request.headers, request.query_params))
         if tenant is None:
             return _error(401, "missing or unknown bearer token")
@@ -126,6 +153,7 @@ def create_app(runtime: Runtime) -> Starlette:
             tx_id = uuid.UUID(request.path_params["tx_id"])
         except ValueError:
             return _error(404, "transaction not found")
+        span.set_attribute("bustrail.transaction_id", str(tx_id))
         store = runtime.store
         try:
             record = await asyncio.to_thread(store.info, tenant, tx_id)
@@ -138,6 +166,7 @@ def create_app(runtime: Runtime) -> Starlette:
             return _error(409, str(exc), status="corrupted")
         except StoreError as exc:
             return _error(503, f"store unavailable: {exc}")
+        _annotate(span, record)
         size = record.size
         start, end = 0, size - 1
         status = 200
@@ -148,7 +177,7 @@ def create_app(runtime: Runtime) -> Starlette:
             "X-Bustrail-Transaction-Id": str(record.id),
         }
         range_header = request.headers.get("range")
-        if range_header:
+        if range_header and _RANGE.match(range_header.strip()):  # others are ignored: 200
             parsed = _parse_range(range_header, size)
             if parsed is None:
                 return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
@@ -158,26 +187,38 @@ def create_app(runtime: Runtime) -> Starlette:
         headers["Content-Length"] = str(max(0, end - start + 1))
 
         def body() -> Iterator[bytes]:
+            # The last piece is held back until the whole payload is verified and the
+            # fetch recorded: a client never completes a download of unverified bytes,
+            # and once it has the last byte, the audit already says "fetched".
             position = 0
+            held: bytes | None = None
             for piece in opened:
                 piece_end = position + len(piece)
                 if piece_end > start and position <= end:
-                    yield piece[max(0, start - position) : end - position + 1]
+                    if held is not None:
+                        yield held
+                    held = piece[max(0, start - position) : end - position + 1]
                 position = piece_end
                 if position > end and end < size - 1:
-                    return  # a range short of the end: no need to read further
-            # Reaching here means the whole payload was read and verified.
-            store.record_fetch(record)
+                    break  # a range short of the end: no need to read further
+            else:
+                # The whole payload was read and verified.
+                try:
+                    store.record_fetch(record)
+                except StoreError as exc:
+                    log.warning("fetch of %s not recorded: %s", record.id, exc)
+            if held is not None:
+                yield held
 
         return StreamingResponse(
-            body(),
+            _traced_body(runtime, body(), span, ctx, status=status, whole=end >= size - 1),
             status_code=status,
             media_type=record.mime_type or "application/octet-stream",
             headers=headers,
         )
 
     # -- HTTP: upload -------------------------------------------------------------------
-    async def upload(request: Request) -> Response:
+    async def upload(request: Request, span: Span, _ctx: Context) -> Response:
         tenant = runtime.tenant_for(_token(request.headers, request.query_params))
         if tenant is None:
             return _error(401, "missing or unknown bearer token")
@@ -192,6 +233,7 @@ def create_app(runtime: Runtime) -> Starlette:
             direction=Direction.UPLOAD,
             mime_type=request.headers.get("content-type") or "application/octet-stream",
         )
+        ctx.trace_id, ctx.span_id = runtime.telemetry.ids(span)
         pieces: queue.Queue[Any] = queue.Queue(maxsize=8)
 
         def feed() -> Iterator[bytes]:
@@ -227,6 +269,7 @@ def create_app(runtime: Runtime) -> Starlette:
             return _error(400, str(exc))
         finally:
             await _stop_pump(pumping, pieces)
+        _annotate(span, record)
         if expected and expected != record.checksum:
             await asyncio.to_thread(runtime.store.delete, tenant, record.id)
             return _error(
@@ -270,19 +313,79 @@ def create_app(runtime: Runtime) -> Starlette:
         if runtime.shutting_down:
             checks["shutting_down"] = True
             ready = False
+        if runtime.gateway is not None:
+            checks["upstreams"] = runtime.gateway.health()
+            ready = ready and runtime.gateway.ready
         return JSONResponse({"ready": ready, "checks": checks}, status_code=200 if ready else 503)
 
     return Starlette(
         routes=[
             WebSocketRoute("/ws", websocket_endpoint),
-            Route("/v1/transactions/{tx_id}", download, methods=["GET"]),
-            Route("/v1/transactions", upload, methods=["POST"]),
+            Route(
+                "/v1/transactions/{tx_id}",
+                traced("/v1/transactions/{tx_id}", download),
+                methods=["GET"],
+            ),
+            Route("/v1/transactions", traced("/v1/transactions", upload), methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
         ],
         lifespan=lifespan,
     )
+
+
+def _annotate(span: Span, record: Transaction) -> None:
+    span.set_attribute("bustrail.transaction_id", str(record.id))
+    span.set_attribute("bustrail.size", int(record.size))
+    span.set_attribute("bustrail.stored_size", int(record.stored_size or 0))
+    span.set_attribute("bustrail.compression", record.compression.value)
+
+
+def _traced_body(
+    runtime: Runtime,
+    steps: Iterator[bytes],
+    span: Span,
+    ctx: Context,
+    *,
+    status: int,
+    whole: bool,
+) -> Iterator[bytes]:
+    """A download body inside its server span, which ends with the stream.
+
+    Starlette runs each ``next()`` in a threadpool thread of its choosing, so the span's
+    context is attached and detached within each step, never across a ``yield``: the
+    store's reads (and their database spans) nest under the span. A whole payload read
+    to the end counts as a fetch; the time spent inside the steps (the store reading and
+    verifying, not the client receiving) is the read latency.
+    """
+    telemetry, metrics = runtime.telemetry, runtime.metrics
+    error_type: str | None = None
+    reading = 0.0
+    try:
+        while True:
+            began = time.perf_counter()
+            with telemetry.attached(ctx):
+                piece = next(steps, None)
+            reading += time.perf_counter() - began
+            if piece is None:
+                break
+            yield piece
+        if whole:
+            metrics.fetches.labels(via="http").inc()
+            metrics.store_seconds.labels(operation="read").observe(reading)
+    except ChecksumMismatch:
+        metrics.checksum_mismatches.inc()
+        error_type = "checksum_mismatch"
+        raise
+    except GeneratorExit:
+        error_type = "aborted"  # the client went away before the end
+        raise
+    except BaseException as exc:
+        error_type = type(exc).__name__
+        raise
+    finally:
+        telemetry.end_http(span, status, error_type)
 
 
 async def _stop_pump(pumping: asyncio.Task[None], pieces: queue.Queue[Any]) -> None:
@@ -296,6 +399,11 @@ async def _stop_pump(pumping: asyncio.Task[None], pieces: queue.Queue[Any]) -> N
         await asyncio.sleep(0.01)
     with contextlib.suppress(asyncio.CancelledError, Exception):
         await pumping
+
+
+async def _refuse(ws: WebSocket, code: int, reason: str) -> None:
+    await ws.accept()
+    await ws.close(code=code, reason=reason)
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int] | None:

@@ -161,13 +161,28 @@ def serve(
         list[str] | None,
         typer.Option("--tools", help="Import path of a module of @tool functions."),
     ] = None,
+    upstream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--upstream",
+            help="Gateway mode: NAME=COMMAND of a stdio MCP server to put behind bustrail "
+            "(repeatable; also BUSTRAIL_UPSTREAMS).",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
     """Run the daemon: WebSocket JSON-RPC at /ws, HTTP downloads, /metrics, health."""
     from daemon.server import serve_forever
 
     settings = settings_from_env()
-    serve_forever(settings, host=host, port=port, tool_modules=tools or [], log_level=log_level)
+    serve_forever(
+        settings,
+        host=host,
+        port=port,
+        tool_modules=tools or [],
+        upstreams=upstream or [],
+        log_level=log_level,
+    )
 
 
 @app.command()

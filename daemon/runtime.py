@@ -20,11 +20,13 @@ from bus.errors import StoreError
 from bus.messagebus import MessageBus
 from bus.metrics import Metrics
 from bus.models import Transaction
+from bus.preview import PreviewPolicy, build_preview
 from bus.router import RoutingPolicy
 from bus.schema import require_schema, upgrade
 from bus.settings import Settings
 from bus.store import PayloadStore, StoreConfig
 from bus.telemetry import Telemetry, untraced
+from daemon.gateway import Gateway, UpstreamSpec
 from daemon.tools import ToolRegistry, ToolResult
 
 __all__ = ["Runtime"]
@@ -47,6 +49,7 @@ class Runtime:
         *,
         telemetry: Telemetry | None = None,
         metrics: Metrics | None = None,
+        upstreams: list[UpstreamSpec] | None = None,
     ) -> None:
         self.settings = settings
         self.tools = tools
@@ -84,6 +87,12 @@ class Runtime:
         if self.breaker is not None:
             self.metrics.watch_breaker(self.breaker.snapshot)
         self.tokens = settings.auth_tokens()
+        self.preview_policy = PreviewPolicy(
+            head_bytes=settings.bustrail_preview_head_bytes,
+            tail_bytes=settings.bustrail_preview_tail_bytes,
+        )
+        self.upstreams = upstreams or []
+        self.gateway: Gateway | None = None
         self.sessions: set[Any] = set()
         self.shutting_down = False
 
@@ -91,6 +100,15 @@ class Runtime:
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_database)
         await asyncio.to_thread(self.audit.start)
+        if self.upstreams:
+            self.gateway = Gateway(
+                self.upstreams,
+                self.tools,
+                metrics=self.metrics,
+                telemetry=self.telemetry,
+                timeout=self.settings.bustrail_tool_timeout_seconds,
+            )
+            await self.gateway.start()
         abandoned = await asyncio.to_thread(self._recover)
         if abandoned:
             log.warning(
@@ -129,6 +147,8 @@ class Runtime:
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Drain, then flush the audit and close the database."""
         await self.drain(grace_seconds)
+        if self.gateway is not None:
+            await self.gateway.stop()
         await asyncio.to_thread(self.audit.close)
         self.telemetry.shutdown()
         self.db.dispose()
@@ -143,26 +163,41 @@ class Runtime:
         return self.tokens.get(token)
 
     # -- responses ------------------------------------------------------------------------
-    def claim_check(self, record: Transaction, result: ToolResult) -> dict[str, Any]:
-        """The MCP result for a stored payload: a resource_link and where to get it."""
+    def claim_check(
+        self, record: Transaction, result: ToolResult, preview: PreviewPolicy | None = None
+    ) -> dict[str, Any]:
+        """The MCP result for a stored payload: a preview for agents, a resource_link,
+        and where to get the whole."""
         uri = f"bustrail://transactions/{record.id}"
         download = f"/v1/transactions/{record.id}"
-        notice = (
-            f"The result ({record.size:,} bytes) was stored as {uri}. Read it with "
-            f"resources/read (if it fits one message) or download it: GET {download}"
+        shown = build_preview(result.data, result.mime_type, preview or self.preview_policy)
+        how = f"read it with resources/read {uri} (if it fits one message) or GET {download}"
+        if shown.text and shown.truncated:
+            notice = (
+                f"[bustrail] Result cut: {record.size:,} bytes in all, stored as {uri}; "
+                f"this preview shows part of it ({shown.shape}). For the whole, {how}."
+            )
+        elif shown.text:
+            notice = f"[bustrail] Result stored as {uri} ({record.size:,} bytes); {how}."
+        else:
+            notice = (
+                f"[bustrail] Result of {record.size:,} bytes stored as {uri} (no preview); {how}."
+            )
+        content: list[dict[str, Any]] = [{"type": "text", "text": notice}]
+        if shown.text:
+            content.append({"type": "text", "text": shown.text})
+        content.append(
+            {
+                "type": "resource_link",
+                "uri": uri,
+                "name": f"{record.tool or 'result'}-{record.id}",
+                "mimeType": result.mime_type,
+                "size": record.size,
+                "description": f"Stored result of {record.tool}",
+            }
         )
         return {
-            "content": [
-                {"type": "text", "text": notice},
-                {
-                    "type": "resource_link",
-                    "uri": uri,
-                    "name": f"{record.tool or 'result'}-{record.id}",
-                    "mimeType": result.mime_type,
-                    "size": record.size,
-                    "description": f"Stored result of {record.tool}",
-                },
-            ],
+            "content": content,
             "isError": False,
             "_meta": {
                 "bustrail": {
@@ -174,6 +209,7 @@ class Runtime:
                     "checksum": f"sha256:{record.checksum}",
                     "expires_at": record.expires_at.isoformat() if record.expires_at else None,
                     "download": download,
+                    "preview": {"shape": shown.shape, "truncated": shown.truncated},
                 }
             },
         }

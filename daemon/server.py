@@ -19,12 +19,28 @@ import uvicorn
 from bus.errors import SettingsError
 from bus.settings import Settings
 from daemon.app import create_app
+from daemon.gateway import UpstreamSpec, parse_upstream
 from daemon.runtime import Runtime
 from daemon.tools import ToolRegistry, builtin_registry
 
 __all__ = ["build_registry", "serve_forever"]
 
 log = logging.getLogger(__name__)
+
+
+def upstream_specs(settings: Settings, cli: list[str]) -> list[UpstreamSpec]:
+    """--upstream NAME=COMMAND flags plus BUSTRAIL_UPSTREAMS; a bad one names itself."""
+    specs = []
+    entries = [*cli, *(f"{n}={c}" for n, c in settings.upstream_commands().items())]
+    for entry in entries:
+        try:
+            specs.append(parse_upstream(entry))
+        except ValueError as exc:
+            raise SettingsError([f"--upstream: {exc}"]) from exc
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise SettingsError([f"--upstream: names must be unique, got {names}"])
+    return specs
 
 
 def build_registry(settings: Settings, tool_modules: list[str]) -> ToolRegistry:
@@ -88,6 +104,7 @@ def serve_forever(
     host: str,
     port: int,
     tool_modules: list[str],
+    upstreams: list[str] | None = None,
     log_level: str = "info",
     grace_seconds: float = 30.0,
 ) -> None:
@@ -95,7 +112,11 @@ def serve_forever(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    runtime = Runtime(settings, build_registry(settings, tool_modules))
+    runtime = Runtime(
+        settings,
+        build_registry(settings, tool_modules),
+        upstreams=upstream_specs(settings, upstreams or []),
+    )
     config = uvicorn.Config(
         create_app(runtime),
         host=host,

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
+import json
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bus.errors import (
@@ -24,8 +27,9 @@ from bus.errors import (
     TransactionUnavailable,
 )
 from bus.models import Route
-from bus.router import Action, encode_message
-from bus.store import TransactionContext
+from bus.preview import PreviewPolicy
+from bus.router import DEFAULT_CLIENT_CAP, Action, encode_message
+from bus.store import OpenPayload, TransactionContext
 from daemon import jsonrpc
 from daemon.jsonrpc import Code, Notification, ProtocolError, Request
 from daemon.tools import ToolError, ToolResult
@@ -98,7 +102,10 @@ class Session:
         await self.send(exc.response())
 
     async def send(self, message: dict[str, Any] | bytes) -> None:
-        data = message if isinstance(message, bytes) else encode_message(message)
+        if isinstance(message, bytes):
+            data = message  # a routed result: already sized against the client's cap
+        else:
+            data = _fit(message, self.runtime.policy.client_limit(self.client_cap))
         async with self._send_lock:
             await self._send_raw(data)
 
@@ -236,12 +243,10 @@ class Session:
             if record.size > limit:
                 raise self._too_large_for_message(tx_id, record.size, limit)
             opened = await asyncio.to_thread(store.open, self.tenant, tx_id, count_fetch=False)
-            data = await asyncio.to_thread(opened.read_all)
+            data = await self._read_verified(opened)
         except ProtocolError:
             raise
         except BustrailError as exc:
-            if isinstance(exc, ChecksumMismatch):
-                self.runtime.metrics.checksum_mismatches.inc()
             raise _store_protocol_error(exc) from exc
         result = _resource_contents(uri, record.mime_type, data)
         size = len(encode_message(jsonrpc.result_response(request.id, result)))
@@ -250,6 +255,20 @@ class Session:
         await asyncio.to_thread(store.record_fetch, record)
         self.runtime.metrics.fetches.labels(via="resources/read").inc()
         return result
+
+    async def _read_verified(self, opened: OpenPayload) -> bytes:
+        """A whole stored payload, verified; a mismatch found reading it is counted (one
+        already known, refused by ``store.open``, is not counted again)."""
+        started = time.perf_counter()
+        try:
+            data = await asyncio.to_thread(opened.read_all)
+        except ChecksumMismatch:
+            self.runtime.metrics.checksum_mismatches.inc()
+            raise
+        self.runtime.metrics.store_seconds.labels(operation="read").observe(
+            time.perf_counter() - started
+        )
+        return data
 
     def _too_large_for_message(self, tx_id: uuid.UUID, size: int, limit: int) -> ProtocolError:
         return ProtocolError(
@@ -308,13 +327,17 @@ class Session:
         except ValueError as exc:
             raise ProtocolError(Code.INVALID_PARAMS, str(exc)) from None
         meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
+        options = CallOptions.from_meta(meta or {}, self.runtime.preview_policy)
         ctx = TransactionContext(
-            tenant=self.tenant, tool=name, session_id=self.id, request_id=str(request.id)
+            tenant=self.tenant,
+            tool=getattr(entry, "audit_name", None) or name,
+            session_id=self.id,
+            request_id=str(request.id),
         )
         trace = self.runtime.telemetry
         with trace.server_span(name, request.id, self.id, meta or {}) as span:
             ctx.trace_id, ctx.span_id = trace.ids(span)
-            await self._run_tool(request, entry, validated, ctx, span)
+            await self._run_tool(request, entry, validated, ctx, span, options)
 
     async def _run_tool(
         self,
@@ -323,13 +346,15 @@ class Session:
         arguments: dict[str, Any],
         ctx: TransactionContext,
         span: Any,
+        options: CallOptions,
     ) -> None:
         bus = self.runtime.bus
         bus.begin(ctx)
         started = time.perf_counter()
         timeout = self.runtime.settings.bustrail_tool_timeout_seconds
         try:
-            result: ToolResult = await asyncio.wait_for(entry.invoke(arguments), timeout)
+            with self.runtime.metrics.tool_call(entry.name):
+                result: ToolResult = await asyncio.wait_for(entry.invoke(arguments), timeout)
         except asyncio.CancelledError:
             ctx.tool_ms = (time.perf_counter() - started) * 1000
             why = "the daemon is shutting down" if self.runtime.shutting_down else "the client"
@@ -345,7 +370,8 @@ class Session:
         except Exception as exc:
             ctx.tool_ms = (time.perf_counter() - started) * 1000
             message = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
-            bus.fail(ctx, "tool_error", message)
+            # A gateway upstream that died says so (upstream_crashed); others are tool errors.
+            bus.fail(ctx, getattr(exc, "error_kind", "tool_error"), message)
             self.runtime.telemetry.mark_error(span, "tool_error")
             await self.send(_error_result(request.id, message, ctx))
             return
@@ -357,7 +383,8 @@ class Session:
                 jsonrpc.result_response(request.id, _inline_result(result, route, checksum, ctx))
             )
 
-        delivery = await bus.deliver(ctx, result.data, build_inline, client_cap=self.client_cap)
+        cap = options.cap(self.client_cap)
+        delivery = await bus.deliver(ctx, result.data, build_inline, client_cap=cap)
         self.runtime.telemetry.annotate(span, delivery)
         if delivery.action in (Action.INLINE, Action.FALLBACK):
             assert delivery.message is not None
@@ -369,11 +396,18 @@ class Session:
             bus.settle(ctx, delivery, sent=True)
         elif delivery.action is Action.STORE:
             assert delivery.record is not None
-            await self.send(
-                jsonrpc.result_response(
-                    request.id, self.runtime.claim_check(delivery.record, result)
-                )
+            claim = jsonrpc.result_response(
+                request.id, self.runtime.claim_check(delivery.record, result, options.preview)
             )
+            if len(_encode(claim)) > self.runtime.policy.client_limit(self.client_cap):
+                # The preview (as asked, escaped) does not fit this client: send none.
+                claim = jsonrpc.result_response(
+                    request.id,
+                    self.runtime.claim_check(
+                        delivery.record, result, PreviewPolicy(head_bytes=0, tail_bytes=0)
+                    ),
+                )
+            await self.send(claim)
         else:
             code = _STORE_ERRORS.get(delivery.error_kind or "", Code.STORE_UNAVAILABLE)
             self.runtime.telemetry.mark_error(span, str(int(code)))
@@ -395,13 +429,96 @@ class Session:
                 continue
             try:
                 opened = await asyncio.to_thread(self.runtime.store.open, self.tenant, tx_id)
-                data = await asyncio.to_thread(opened.read_all)
+                data = await self._read_verified(opened)
             except BustrailError as exc:
                 raise ProtocolError(
                     Code.INVALID_PARAMS, f"invalid params: argument {key!r}: {exc}"
                 ) from exc
+            self.runtime.metrics.fetches.labels(via="argument").inc()
             resolved[key] = data
         return resolved
+
+
+@dataclass(frozen=True)
+class CallOptions:
+    """What a client asked for in ``params._meta`` of one call."""
+
+    preview: PreviewPolicy
+    max_result_chars: int | None = None
+
+    @classmethod
+    def from_meta(cls, meta: dict[str, Any], default: PreviewPolicy) -> CallOptions:
+        max_chars = meta.get("anthropic/maxResultSizeChars")
+        if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars <= 0:
+            max_chars = None
+        preview = default
+        asked = (
+            (meta.get("bustrail") or {}).get("preview")
+            if isinstance(meta.get("bustrail"), dict)
+            else None
+        )
+        if asked is False:
+            preview = PreviewPolicy(head_bytes=0, tail_bytes=0)
+        elif isinstance(asked, dict):
+            head = asked.get("head", default.head_bytes)
+            tail = asked.get("tail", default.tail_bytes)
+            if all(
+                isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 1 << 20
+                for v in (head, tail)
+            ):
+                preview = PreviewPolicy(head_bytes=head, tail_bytes=tail)
+        return cls(preview=preview.resized(max_chars), max_result_chars=max_chars)
+
+    def cap(self, client_cap: int | None) -> int | None:
+        """The client's message cap, lowered to its maxResultSizeChars when it sent one:
+        a result the client would truncate goes to the store (with a preview) instead."""
+        if self.max_result_chars is None:
+            return client_cap
+        return min(client_cap or DEFAULT_CLIENT_CAP, self.max_result_chars + 1024)
+
+
+def _encode(message: dict[str, Any]) -> bytes:
+    """Like encode_message, but text that is not valid UTF-8 (a lone surrogate a client
+    sent as a JSON escape) goes out escaped instead of failing the send."""
+    try:
+        return encode_message(message)
+    except UnicodeEncodeError:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _fit(message: dict[str, Any], limit: int) -> bytes:
+    """Encode an answer the session built itself so that it fits the client's cap.
+
+    Errors and ``isError`` results can echo what the client sent (a tool's error
+    message, an unknown tool's name): past the cap, their text is cut, saying so. The
+    audit record keeps the whole message."""
+    data = _encode(message)
+    if len(data) <= limit:
+        return data
+    message = copy.deepcopy(message)
+    error = message.get("error")
+    result = message.get("result")
+    holder: dict[str, Any] | None = None
+    key = ""
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        error.pop("data", None)
+        holder, key = error, "message"
+    elif isinstance(result, dict) and result.get("isError"):
+        texts = [c for c in result.get("content") or [] if isinstance(c.get("text"), str)]
+        if texts:
+            holder, key = max(texts, key=lambda c: len(c["text"])), "text"
+    if holder is None:
+        return data
+    text: str = holder[key]
+    keep = len(text)
+    while keep > 0 and len(data) > limit:
+        keep = max(0, keep * limit // len(data) - 256)
+        holder[key] = (
+            f"{text[:keep]}... [cut: {len(text) - keep:,} more characters do not fit this "
+            f"client's message limit of {limit:,} bytes]"
+        )
+        data = _encode(message)
+    return data
 
 
 def _meta(ctx: TransactionContext, route: Route, size: int, checksum: str) -> dict[str, Any]:

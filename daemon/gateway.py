@@ -1,0 +1,362 @@
+"""Gateway mode: existing stdio MCP servers behind the daemon, unchanged.
+
+``bustrail serve --upstream fs="npx -y @modelcontextprotocol/server-filesystem /data"``
+spawns each upstream with the official ``mcp`` SDK's stdio client, initializes it, and
+registers its tools as ``NAME.tool`` (unprefixed when there is only one upstream). A
+call to such a tool takes the same road as a built-in one: router, claim check and
+preview, audit record (its ``tool`` is always ``NAME.tool``), trace (the upstream call
+is a child span), metrics per upstream, breaker and fallback.
+
+An upstream that dies is restarted with exponential backoff; calls in flight at that
+moment get a clear error (``upstream_crashed`` in the audit); its state shows in
+``/readyz`` and in ``bustrail_upstream_up``. Its stderr goes to the daemon's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import shlex
+import threading
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import pydantic
+from mcp import ClientSession, McpError, StdioServerParameters
+from mcp import types as mcp_types
+from mcp.client.stdio import stdio_client
+
+from bus.metrics import Metrics
+from bus.telemetry import Telemetry
+from daemon.tools import Tool, ToolError, ToolRegistry, ToolResult
+
+__all__ = ["Gateway", "UpstreamError", "UpstreamSpec", "parse_upstream"]
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamError(ToolError):
+    """An upstream could not answer (crashed, restarting, not started)."""
+
+    error_kind = "upstream_crashed"
+
+
+@dataclass(frozen=True)
+class UpstreamSpec:
+    name: str
+    command: str
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def parse_upstream(text: str) -> UpstreamSpec:
+    """``NAME=COMMAND ARGS...`` (shell quoting) -> UpstreamSpec; ValueError if malformed."""
+    name, sep, command = text.partition("=")
+    name = name.strip()
+    if not sep or not name or not command.strip():
+        raise ValueError(f"expected NAME=COMMAND, got {text!r}")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(f"upstream name {name!r} must be letters, digits, - or _")
+    parts = shlex.split(command)
+    return UpstreamSpec(name=name, command=parts[0], args=tuple(parts[1:]))
+
+
+class _StderrToLog:
+    """A pipe whose far end is the upstream's stderr; each line goes to the log."""
+
+    def __init__(self, name: str) -> None:
+        read_fd, write_fd = os.pipe()
+        self.file = os.fdopen(write_fd, "w")
+        self._reader = os.fdopen(read_fd, "r", errors="replace")
+        self._thread = threading.Thread(target=self._pump, args=(name,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, name: str) -> None:
+        upstream_log = logging.getLogger(f"bustrail.upstream.{name}")
+        for line in self._reader:
+            upstream_log.info("%s", line.rstrip())
+        self._reader.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+
+
+class Upstream:
+    """One stdio MCP server: kept running, restarted when it dies."""
+
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        *,
+        metrics: Metrics,
+        telemetry: Telemetry,
+        max_backoff: float = 30.0,
+    ) -> None:
+        self.spec = spec
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.max_backoff = max_backoff
+        self.session: ClientSession | None = None
+        self.tools: list[mcp_types.Tool] = []
+        self.state = "starting"
+        self.restarts = 0
+        self.last_error: str | None = None
+        self.ready = asyncio.Event()
+        self._broken = anyio.Event()
+        self._stopping = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"upstream-{self.spec.name}")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _run(self) -> None:
+        backoff = 0.5
+        while not self._stopping:
+            stderr = _StderrToLog(self.spec.name)
+            try:
+                await self._serve_once(stderr)
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("upstream %s failed: %s", self.spec.name, self.last_error)
+            finally:
+                stderr.close()
+                self.session = None
+                self.ready.clear()
+                self.metrics.upstream_up.labels(upstream=self.spec.name).set(0)
+            if self._stopping:
+                break
+            self.state = "restarting"
+            self.restarts += 1
+            self.metrics.upstream_restarts.labels(upstream=self.spec.name).inc()
+            log.warning("= upstream %s: restarting in %.1fs", self.spec.name, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self.max_backoff)
+        self.state = "stopped"
+
+    async def _serve_once(self, stderr: _StderrToLog) -> None:
+        params = StdioServerParameters(
+            command=self.spec.command, args=list(self.spec.args), env=self.spec.env or None
+        )
+        self._broken = anyio.Event()
+        async with stdio_client(params, errlog=stderr.file) as (read, write):
+            # The relay's stream ends exactly when the upstream's stdout does (it died or
+            # exited): the session then fails its pending calls with CONNECTION_CLOSED,
+            # and we restart. A ping would also fail a server that is merely busy.
+            relay_send, relay_read = anyio.create_memory_object_stream[Any](0)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._relay, read, relay_send)
+                async with ClientSession(relay_read, write) as session:
+                    await session.initialize()
+                    listed = await session.list_tools()
+                    self.tools = list(listed.tools)
+                    self.session = session
+                    self.state = "ready"
+                    self.ready.set()
+                    self.metrics.upstream_up.labels(upstream=self.spec.name).set(1)
+                    log.info("= upstream %s ready with %d tool(s)", self.spec.name, len(self.tools))
+                    await self._broken.wait()
+                    self.session = None
+                tg.cancel_scope.cancel()
+        if not self._stopping:
+            self.last_error = self.last_error or "upstream exited"
+
+    async def _relay(self, source: Any, sink: Any) -> None:
+        async with sink:
+            async for message in source:
+                await sink.send(message)
+        self.last_error = "upstream closed its output (crashed or exited)"
+        # Let the session deliver CONNECTION_CLOSED to calls in flight before we tear down.
+        await anyio.sleep(0.1)
+        self._broken.set()
+
+    async def call(self, tool: str, arguments: dict[str, Any], timeout: float) -> ToolResult:
+        session = self.session
+        if session is None:
+            raise UpstreamError(
+                f"upstream {self.spec.name!r} is {self.state}"
+                + (f" ({self.last_error})" if self.last_error else "")
+            )
+        name = self.spec.name
+        with self.telemetry.span(
+            f"upstream {name} tools/call {tool}",
+            **{
+                "bustrail.upstream": name,
+                "gen_ai.tool.name": tool,
+                "mcp.method.name": "tools/call",
+            },
+        ) as span:
+            try:
+                result = await session.call_tool(
+                    tool, arguments, read_timeout_seconds=timedelta(seconds=timeout)
+                )
+            except McpError as exc:
+                if exc.error.code == mcp_types.CONNECTION_CLOSED:
+                    self._broken.set()
+                    self.metrics.upstream_calls.labels(upstream=name, outcome="crashed").inc()
+                    self.telemetry.mark_error(span, "upstream_crashed")
+                    raise UpstreamError(
+                        f"upstream {name!r} closed while running {tool!r} "
+                        "(it crashed or exited); it is being restarted"
+                    ) from exc
+                self.metrics.upstream_calls.labels(upstream=name, outcome="error").inc()
+                self.telemetry.mark_error(span, str(exc.error.code))
+                raise ToolError(f"upstream {name!r}: {exc.error.message}") from exc
+            if result.isError:
+                self.metrics.upstream_calls.labels(upstream=name, outcome="tool_error").inc()
+                self.telemetry.mark_error(span, "tool_error")
+                raise ToolError(_text_of(result.content) or f"upstream tool {tool!r} failed")
+            self.metrics.upstream_calls.labels(upstream=name, outcome="ok").inc()
+            return to_tool_result(result)
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "tools": len(self.tools),
+            "restarts": self.restarts,
+            "last_error": self.last_error,
+        }
+
+
+class _Passthrough(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="allow")
+
+
+class UpstreamTool(Tool):
+    """A registry entry that forwards to an upstream; the upstream validates arguments."""
+
+    def __init__(
+        self, upstream: Upstream, tool: mcp_types.Tool, exposed: str, timeout: float
+    ) -> None:
+        super().__init__(
+            exposed,
+            tool.description or "",
+            fn=lambda **_: None,
+            input_model=_Passthrough,
+            input_schema=dict(tool.inputSchema or {"type": "object"}),
+        )
+        self.upstream = upstream
+        self.upstream_tool = tool.name
+        self.audit_name = f"{upstream.spec.name}.{tool.name}"
+        self.timeout = timeout
+
+    def validate(self, arguments: dict[str, Any]) -> dict[str, Any]:
+        return arguments
+
+    async def invoke(self, arguments: dict[str, Any]) -> ToolResult:
+        return await self.upstream.call(self.upstream_tool, arguments, self.timeout)
+
+
+class Gateway:
+    """Every upstream of one daemon, and their tools in its registry."""
+
+    def __init__(
+        self,
+        specs: list[UpstreamSpec],
+        registry: ToolRegistry,
+        *,
+        metrics: Metrics,
+        telemetry: Telemetry,
+        timeout: float = 300.0,
+    ) -> None:
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"upstream names must be unique, got {names}")
+        self.registry = registry
+        self.timeout = timeout
+        self.upstreams = [Upstream(s, metrics=metrics, telemetry=telemetry) for s in specs]
+        self._registered: set[str] = set()
+        self._watcher: asyncio.Task[None] | None = None
+
+    async def start(self, wait_seconds: float = 30.0) -> None:
+        """Spawn every upstream and wait (bounded) for each to list its tools."""
+        for upstream in self.upstreams:
+            upstream.start()
+        waits = [asyncio.wait_for(u.ready.wait(), wait_seconds) for u in self.upstreams]
+        results = await asyncio.gather(*waits, return_exceptions=True)
+        for upstream, outcome in zip(self.upstreams, results, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error(
+                    "upstream %s not ready after %gs: %s",
+                    upstream.spec.name,
+                    wait_seconds,
+                    upstream.last_error or "no answer",
+                )
+        self._register()
+        self._watcher = asyncio.create_task(self._keep_registered())
+
+    def _register(self) -> None:
+        single = len(self.upstreams) == 1
+        for upstream in self.upstreams:
+            for tool in upstream.tools:
+                exposed = tool.name if single else f"{upstream.spec.name}.{tool.name}"
+                if exposed in self._registered:
+                    continue
+                self.registry.add_external(UpstreamTool(upstream, tool, exposed, self.timeout))
+                self._registered.add(exposed)
+
+    async def _keep_registered(self) -> None:
+        """An upstream that starts late (or comes back with new tools) gets registered."""
+        while True:
+            await asyncio.sleep(1.0)
+            self._register()
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        await asyncio.gather(*(u.stop() for u in self.upstreams))
+
+    def health(self) -> dict[str, Any]:
+        return {u.spec.name: u.health() for u in self.upstreams}
+
+    @property
+    def ready(self) -> bool:
+        return all(u.state == "ready" for u in self.upstreams)
+
+
+def _text_of(content: list[Any]) -> str:
+    return "\n".join(c.text for c in content if getattr(c, "type", None) == "text")
+
+
+def to_tool_result(result: mcp_types.CallToolResult) -> ToolResult:
+    """An upstream's content as one payload: text as text (JSON when it is JSON), a
+    single binary block as its bytes, anything mixed as the JSON of its content list."""
+    content = list(result.content)
+    if content and all(getattr(c, "type", None) == "text" for c in content):
+        text = _text_of(content)
+        stripped = text.lstrip()[:1]
+        mime = "application/json" if stripped in ("{", "[") and _is_json(text) else "text/plain"
+        return ToolResult(text.encode(), mime)
+    if len(content) == 1 and getattr(content[0], "type", None) in ("image", "audio"):
+        block = content[0]
+        return ToolResult(base64.b64decode(block.data), block.mimeType)
+    if not content and result.structuredContent is not None:
+        return ToolResult(json.dumps(result.structuredContent).encode(), "application/json")
+    blocks = [c.model_dump(mode="json", exclude_none=True) for c in content]
+    return ToolResult(json.dumps(blocks).encode(), "application/vnd.mcp.content+json")
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
