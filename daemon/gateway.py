@@ -1,7 +1,8 @@
 """Gateway mode: existing stdio MCP servers behind the daemon, unchanged.
 
 ``bustrail serve --upstream fs="npx -y @modelcontextprotocol/server-filesystem /data"``
-spawns each upstream with the official ``mcp`` SDK's stdio client, initializes it, and
+spawns each upstream and talks to it with the official ``mcp`` SDK's ``ClientSession``
+(over ``daemon.stdio_transport``, which carries large results in linear time), and
 registers its tools as ``NAME.tool`` (unprefixed when there is only one upstream). A
 call to such a tool takes the same road as a built-in one: router, claim check and
 preview, audit record (its ``tool`` is always ``NAME.tool``), trace (the upstream call
@@ -30,10 +31,10 @@ import anyio
 import pydantic
 from mcp import ClientSession, McpError, StdioServerParameters
 from mcp import types as mcp_types
-from mcp.client.stdio import stdio_client
 
 from bus.metrics import Metrics
 from bus.telemetry import Telemetry
+from daemon.stdio_transport import stdio_transport
 from daemon.tools import Tool, ToolError, ToolRegistry, ToolResult
 
 __all__ = ["Gateway", "UpstreamError", "UpstreamSpec", "parse_upstream"]
@@ -155,7 +156,7 @@ class Upstream:
             command=self.spec.command, args=list(self.spec.args), env=self.spec.env or None
         )
         self._broken = anyio.Event()
-        async with stdio_client(params, errlog=stderr.file) as (read, write):
+        async with stdio_transport(params, stderr.file) as (read, write):
             # The relay's stream ends exactly when the upstream's stdout does (it died or
             # exited): the session then fails its pending calls with CONNECTION_CLOSED,
             # and we restart. A ping would also fail a server that is merely busy.
