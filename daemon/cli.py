@@ -123,12 +123,24 @@ def config_show() -> None:
         typer.echo(f"{name.upper()}={shown}")
 
 
+@config_app.command("reference")
+def config_reference() -> None:
+    """Print the configuration reference (Markdown), generated from the settings model."""
+    from bus.settings_doc import reference_markdown
+
+    typer.echo(reference_markdown(), nl=False)
+
+
+@config_app.command("example")
+def config_example() -> None:
+    """Print a .env.example with every setting and its default."""
+    from bus.settings_doc import env_example
+
+    typer.echo(env_example(), nl=False)
+
+
 def main(argv: list[str] | None = None) -> None:
     app(args=argv if argv is not None else sys.argv[1:], prog_name="bustrail")
-
-
-if __name__ == "__main__":
-    main()
 
 
 # -- the daemon -------------------------------------------------------------------------
@@ -170,6 +182,12 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
+    grace: Annotated[
+        float,
+        typer.Option(
+            min=0, help="On SIGTERM, seconds calls in flight get to finish before cancelled."
+        ),
+    ] = 30.0,
 ) -> None:
     """Run the daemon: WebSocket JSON-RPC at /ws, HTTP downloads, /metrics, health."""
     from daemon.server import serve_forever
@@ -182,6 +200,7 @@ def serve(
         tool_modules=tools or [],
         upstreams=upstream or [],
         log_level=log_level,
+        grace_seconds=grace,
     )
 
 
@@ -275,3 +294,8 @@ def health(
         _fail(f"{target}: no answer ({exc})", 1)
     typer.echo(f"{target}: HTTP {response.status_code} {response.text}")
     raise typer.Exit(0 if response.status_code == 200 else 1)
+
+
+# Last: `python -m daemon.cli` must see every command defined above.
+if __name__ == "__main__":
+    main()
