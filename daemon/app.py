@@ -33,6 +33,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
+from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from bus.breaker import BreakerState
@@ -210,7 +211,7 @@ def create_app(runtime: Runtime) -> Starlette:
             if held is not None:
                 yield held
 
-        return StreamingResponse(
+        return _ClosingStreamingResponse(
             _traced_body(runtime, body(), span, ctx, status=status, whole=end >= size - 1),
             status_code=status,
             media_type=record.mime_type or "application/octet-stream",
@@ -335,6 +336,28 @@ def create_app(runtime: Runtime) -> Starlette:
     )
 
 
+class _ClosingStreamingResponse(StreamingResponse):
+    """A streamed body that is closed however the response ends.
+
+    Starlette drops an unfinished sync body (a client that went away mid-download) and
+    leaves it to the garbage collector, which may need a full collection to get to it:
+    until then its span stays open and its work undone. Closing it here ends both at
+    once (anyio lets no ``next()`` of it run on by then: a cancelled step is waited for).
+    """
+
+    def __init__(self, content: Iterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._content = content
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self._content, "close", None)
+            if close is not None:
+                close()
+
+
 def _annotate(span: Span, record: Transaction) -> None:
     span.set_attribute("bustrail.transaction_id", str(record.id))
     span.set_attribute("bustrail.size", int(record.size))
@@ -385,6 +408,9 @@ def _traced_body(
         error_type = type(exc).__name__
         raise
     finally:
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()  # a body left mid-way lets go of what it holds now
         telemetry.end_http(span, status, error_type)
 
 

@@ -296,6 +296,282 @@ def health(
     raise typer.Exit(0 if response.status_code == 200 else 1)
 
 
+# -- the dashboard ----------------------------------------------------------------------
+@app.command()
+@handles_errors
+def dashboard(
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to serve it on.")] = 8501,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the Streamlit dashboard over DATABASE_URL (headless: open the URL it prints)."""
+    import os
+    from importlib.util import find_spec
+    from pathlib import Path
+
+    from bus.db import mask_url
+
+    settings = settings_from_env()
+    url = settings.database_url.get_secret_value()
+    spec = find_spec("dashboard")
+    if spec is None or spec.origin is None:
+        _fail("the dashboard package is not installed", 1)
+        return
+    script = Path(spec.origin).parent / "app.py"
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(script),
+        "--server.headless=true",
+        f"--server.port={port}",
+        f"--server.address={host}",
+        "--server.fileWatcherType=none",
+        "--browser.gatherUsageStats=false",
+        "--client.toolbarMode=viewer",
+    ]
+    typer.echo(f"bustrail dashboard: http://{host}:{port}/ over {mask_url(url)}", err=True)
+    sys.stderr.flush()
+    # DATABASE_URL passes through even when it came from .env; exec, so that signals
+    # sent to this process (Ctrl-C, a container stop) reach Streamlit itself.
+    os.execve(sys.executable, command, {**os.environ, "DATABASE_URL": url})
+
+
+# -- the fault-injecting workload -------------------------------------------------------
+@app.command()
+@handles_errors
+def load(
+    seed: Annotated[int, typer.Option(help="Seed of the traffic and of where faults land.")] = 1,
+    calls: Annotated[
+        int, typer.Option(min=0, help="Traffic calls (injected faults come on top).")
+    ] = 150,
+    faults: Annotated[
+        str,
+        typer.Option(
+            help="all (the defaults), none (a clean run), or NAME=COUNT,... with NAME one "
+            "of orphan, corrupt, crash, disconnect, oversize, empty, expiry, waste, outage, "
+            "untraced, duplicate, errors, slow (or a detector kind); all,orphan=5 changes one.",
+        ),
+    ] = "all",
+    truth: Annotated[
+        str | None,
+        typer.Option("--truth", metavar="FILE", help="Write the ground truth here (JSON)."),
+    ] = None,
+    clients: Annotated[int, typer.Option(min=1, help="Concurrent client connections.")] = 6,
+) -> None:
+    """Drive real daemons with realistic traffic and injected faults against DATABASE_URL.
+
+    It starts daemons of its own: use a database no live daemon writes to.
+    """
+    from analysis.workload import WorkloadConfig, parse_faults, run_workload
+
+    try:
+        counts = parse_faults(faults)
+    except ValueError as exc:
+        _fail(f"--faults: {exc}", 2)
+        return
+    settings = settings_from_env()
+    config = WorkloadConfig(
+        database_url=settings.database_url.get_secret_value(),
+        seed=seed,
+        calls=calls,
+        faults=counts,
+        clients=clients,
+        progress=True,
+    )
+    result = run_workload(config)
+    if truth is not None:
+        from pathlib import Path
+
+        result.write(Path(truth))
+    seconds = (result.finished_at - result.started_at).total_seconds()
+    typer.echo(
+        f"{result.transactions} calls in {seconds:.1f}s against {result.database}; "
+        f"window since {result.since.isoformat()}"
+    )
+    for kind, ids in result.truth.items():
+        if result.faults.get(kind) or ids:
+            typer.echo(
+                f"  {kind:<24} {result.faults.get(kind, 0):>3} injected, "
+                f"{len(ids):>3} transaction(s)"
+            )
+    for note in result.notes:
+        typer.echo(f"  note: {note}")
+    if truth is not None:
+        typer.echo(f"ground truth written to {truth}")
+
+
+# -- silent failures and the debt ledger -------------------------------------------------
+debt_app = typer.Typer(
+    help="The debt ledger: the findings `bustrail analyze --record` keeps.",
+    no_args_is_help=True,
+)
+app.add_typer(debt_app, name="debt")
+
+_EXIT_CODES = (
+    "Exit codes: 0 done; 1 the database failed, its schema is out of date, or (debt) "
+    "there is no finding with that id; 2 bad options or settings."
+)
+
+
+def _analysis_database() -> Any:
+    from bus.schema import require_schema
+
+    db = open_database(settings_from_env())
+    require_schema(db)
+    return db
+
+
+def _console() -> Any:
+    import os
+
+    from rich.console import Console
+
+    # Piped output has no terminal to fit: give tables room rather than 80 columns.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+    return Console(highlight=False, width=wide)
+
+
+@app.command(
+    help="Find silent failures in the audit trail of DATABASE_URL: every detector over the "
+    "window, and for each finding its kind, severity, transactions, tool and meaning. Run "
+    "it as the role that owns the schema (row-level security would hide rows from it).",
+    epilog=_EXIT_CODES,
+)
+@handles_errors
+def analyze(
+    since: Annotated[
+        str,
+        typer.Option(
+            metavar="DURATION",
+            help="How far back to look: transactions created in the last DURATION (90s, "
+            "15m, 24h, 7d). The regressions compare it with the DURATION before it.",
+        ),
+    ] = "7d",
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object: {run, findings[, ledger]}.")
+    ] = False,
+    record: Annotated[
+        bool,
+        typer.Option("--record", help="Write the run to the debt ledger and say what changed."),
+    ] = False,
+) -> None:
+    import json
+
+    from analysis.detectors import run_detectors
+    from analysis.duration import DurationError, parse_duration
+
+    try:
+        window = parse_duration(since)
+    except DurationError as exc:
+        _fail(f"invalid --since: {exc}", 2)
+        return
+    db = _analysis_database()
+    try:
+        result = run_detectors(db, window)
+        change = None
+        if record:
+            from analysis.ledger import record as record_run
+
+            change = record_run(db, result)
+    finally:
+        db.dispose()
+    if as_json:
+        payload = result.to_dict()
+        if change is not None:
+            payload["ledger"] = change.to_dict()
+        typer.echo(json.dumps(payload))
+        return
+    from analysis.report import print_findings, print_ledger_change
+
+    console = _console()
+    print_findings(console, result)
+    if change is not None:
+        print_ledger_change(console, change)
+
+
+@debt_app.command("list", epilog=_EXIT_CODES)
+@handles_errors
+def debt_list(
+    status: Annotated[
+        str,
+        typer.Option(help="open, acknowledged, resolved, or all.", metavar="STATUS"),
+    ] = "open",
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON array.")] = False,
+) -> None:
+    """List findings, worst first."""
+    import json
+
+    from analysis.ledger import STATUSES, entry_to_dict, list_findings
+
+    if status not in STATUSES:
+        _fail(f"invalid --status {status!r}: expected one of {', '.join(STATUSES)}", 2)
+    db = _analysis_database()
+    try:
+        entries = list_findings(db, status)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps([entry_to_dict(e) for e in entries]))
+        return
+    from analysis.report import print_entries
+
+    print_entries(_console(), entries, status)
+
+
+@debt_app.command("show", epilog=_EXIT_CODES)
+@handles_errors
+def debt_show(
+    finding_id: Annotated[int, typer.Argument(metavar="ID", help="The finding's id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON object.")] = False,
+) -> None:
+    """Show one finding: what it is, where, since when, and sample transactions."""
+    import json
+
+    from analysis.ledger import entry_to_dict, show
+
+    db = _analysis_database()
+    try:
+        entry = show(db, finding_id)
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(json.dumps(entry_to_dict(entry)))
+        return
+    from analysis.report import print_entry
+
+    print_entry(_console(), entry)
+
+
+@debt_app.command("ack", epilog=_EXIT_CODES)
+@handles_errors
+def debt_ack(
+    finding_id: Annotated[int, typer.Argument(metavar="ID", help="The finding's id.")],
+    by: Annotated[
+        str | None, typer.Option("--by", metavar="NAME", help="Who owns it (default: $USER).")
+    ] = None,
+) -> None:
+    """Acknowledge an open finding: someone owns it. It stays debt until it resolves."""
+    import getpass
+
+    from analysis.ledger import acknowledge
+
+    try:
+        who = by or getpass.getuser()
+    except (KeyError, OSError):  # no login name known (some containers)
+        _fail("say who acknowledges it: --by NAME", 2)
+        return
+    db = _analysis_database()
+    try:
+        entry = acknowledge(db, finding_id, who)
+    finally:
+        db.dispose()
+    typer.echo(
+        f"finding {entry.id} ({entry.kind}, {entry.tool or 'no tool'}) acknowledged by "
+        f"{entry.acknowledged_by}"
+    )
+
+
 # Last: `python -m daemon.cli` must see every command defined above.
 if __name__ == "__main__":
     main()

@@ -23,6 +23,7 @@ __all__ = [
 ]
 
 JSONRPC = "2.0"
+MAX_ID_LENGTH = 256  # every answer echoes the id: a huge one would not fit a client's cap
 
 
 class Code(IntEnum):
@@ -82,6 +83,8 @@ def parse(text: str | bytes) -> Request | Notification | list[Any]:
         message = json.loads(text)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(Code.PARSE_ERROR, f"parse error: {exc}") from None
+    except RecursionError:
+        raise ProtocolError(Code.PARSE_ERROR, "parse error: nested too deeply") from None
     if isinstance(message, list):
         if not message:
             raise ProtocolError(Code.INVALID_REQUEST, "invalid request: empty batch")
@@ -98,6 +101,12 @@ def parse_message(message: Any) -> Request | Notification:
     ):
         raise ProtocolError(
             Code.INVALID_REQUEST, "invalid request: id must be a string or an integer"
+        )
+    if isinstance(request_id, str) and not _echoable(request_id):
+        raise ProtocolError(
+            Code.INVALID_REQUEST,
+            f"invalid request: a string id must be valid Unicode of at most {MAX_ID_LENGTH} "
+            "characters",
         )
     if message.get("jsonrpc") != JSONRPC:
         raise ProtocolError(
@@ -124,6 +133,17 @@ def parse_message(message: Any) -> Request | Notification:
     if request_id is None:
         raise ProtocolError(Code.INVALID_REQUEST, "invalid request: id must not be null")
     return Request(request_id, method, params)
+
+
+def _echoable(request_id: str) -> bool:
+    """An id the answer can carry: short, and no lone surrogate (not encodable)."""
+    if len(request_id) > MAX_ID_LENGTH:
+        return False
+    try:
+        request_id.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def result_response(request_id: Any, result: Any) -> dict[str, Any]:

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from bus.audit import AuditWriter
 from bus.breaker import CircuitBreaker
 from bus.errors import StoreError
+from bus.findings import open_findings_by_kind
 from bus.messagebus import MessageBus
 from bus.metrics import Metrics
 from bus.models import Transaction
@@ -29,7 +33,7 @@ from bus.telemetry import Telemetry, untraced
 from daemon.gateway import Gateway, UpstreamSpec
 from daemon.tools import ToolRegistry, ToolResult
 
-__all__ = ["Runtime"]
+__all__ = ["CachedFindings", "Runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,56 @@ def _version() -> str:
         return version("bustrail")
     except PackageNotFoundError:
         return "0+unknown"
+
+
+class CachedFindings:
+    """Open findings by kind for the ``bustrail_findings_open`` gauge, read from the
+    database at most every ``seconds`` and never while a scrape waits: a stale value is
+    served while a worker thread refreshes it. A failed read makes the next scrapes fail
+    (the metrics report the source down) until a read succeeds again."""
+
+    def __init__(
+        self,
+        read: Callable[[], Mapping[str, int]],
+        seconds: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._seconds = seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._value: dict[str, int] | None = None
+        self._error: Exception | None = None
+        self._read_at = float("-inf")
+        self._refreshing = False
+
+    def refresh(self) -> None:
+        """Read now (in the caller's thread)."""
+        try:
+            with untraced():
+                value = dict(self._read())
+        except Exception as exc:
+            with self._lock:
+                self._error, self._read_at, self._refreshing = exc, self._clock(), False
+            log.debug("open findings could not be read: %r", exc)
+            return
+        with self._lock:
+            self._value, self._error = value, None
+            self._read_at, self._refreshing = self._clock(), False
+
+    def __call__(self) -> Mapping[str, int]:
+        with self._lock:
+            if self._clock() - self._read_at >= self._seconds and not self._refreshing:
+                self._refreshing = True
+                threading.Thread(
+                    target=self.refresh, name="bustrail-findings-gauge", daemon=True
+                ).start()
+            if self._error is not None:
+                raise StoreError(f"open findings unknown: {self._error}")
+            if self._value is None:
+                raise StoreError("open findings not read yet")
+            return dict(self._value)
 
 
 class Runtime:
@@ -86,6 +140,8 @@ class Runtime:
         self.metrics.watch_audit(self.audit.stats)
         if self.breaker is not None:
             self.metrics.watch_breaker(self.breaker.snapshot)
+        self.findings_gauge = CachedFindings(lambda: open_findings_by_kind(self.db))
+        self.metrics.watch_findings(self.findings_gauge)
         self.tokens = settings.auth_tokens()
         self.preview_policy = PreviewPolicy(
             head_bytes=settings.bustrail_preview_head_bytes,
@@ -99,6 +155,7 @@ class Runtime:
     # -- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
         await asyncio.to_thread(self._prepare_database)
+        await asyncio.to_thread(self.findings_gauge.refresh)  # the first scrape has a value
         await asyncio.to_thread(self.audit.start)
         if self.upstreams:
             self.gateway = Gateway(

@@ -41,6 +41,9 @@ __all__ = ["PROTOCOL_VERSIONS", "Session", "parse_transaction_uri"]
 
 log = logging.getLogger(__name__)
 
+# A claim check with its notice is a few KB and tools/list grows with the tools: a
+# smaller cap could not be honoured, so it is refused at initialize.
+MIN_CLIENT_CAP = 16 * 1024
 PROTOCOL_VERSIONS = ("2025-06-18", "2025-03-26", "2024-11-05")
 URI_PREFIX = "bustrail://transactions/"
 _STORE_ERRORS = {
@@ -177,11 +180,11 @@ class Session:
             bustrail = experimental.get("bustrail") if isinstance(experimental, dict) else None
             if isinstance(bustrail, dict) and "maxMessageBytes" in bustrail:
                 cap = bustrail["maxMessageBytes"]
-                if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1024:
+                if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_CLIENT_CAP:
                     raise ProtocolError(
                         Code.INVALID_PARAMS,
                         "invalid params: capabilities.experimental.bustrail.maxMessageBytes "
-                        "must be an integer >= 1024",
+                        f"must be an integer >= {MIN_CLIENT_CAP}",
                     )
         self.client_cap = cap
         info = params.get("clientInfo")

@@ -48,10 +48,22 @@ class DaemonProcess:
     """``bustrail serve --port 0`` in a subprocess; ``url`` once it listens."""
 
     def __init__(self, env: dict[str, str], *args: str, cwd: Path | None = None) -> None:
-        self.log_path = Path(env.get("BUSTRAIL_SPOOL_DIR", ".")).parent / f"daemon-{time.time_ns()}.log"
+        self.log_path = (
+            Path(env.get("BUSTRAIL_SPOOL_DIR", ".")).parent / f"daemon-{time.time_ns()}.log"
+        )
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "daemon.cli", "serve", "--port", "0", "--log-level", "warning", *args],
+            [
+                sys.executable,
+                "-m",
+                "daemon.cli",
+                "serve",
+                "--port",
+                "0",
+                "--log-level",
+                "warning",
+                *args,
+            ],
             env=env,
             cwd=cwd,
             stdout=subprocess.PIPE,
@@ -72,11 +84,19 @@ class DaemonProcess:
             if match:
                 return match[1]
         self.kill()
-        raise RuntimeError(f"daemon did not start; its log:\n{self.log_text()}")
+        text = self.log_text()
+        self._close()
+        raise RuntimeError(f"daemon did not start; its log:\n{text}")
 
     def log_text(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text()
+
+    def _close(self) -> None:
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        self._log.close()
 
     def terminate(self, timeout: float = 60.0) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -93,7 +113,7 @@ class DaemonProcess:
                 self.terminate(30)
             except subprocess.TimeoutExpired:
                 self.kill()
-        self._log.close()
+        self._close()
 
 
 @contextlib.contextmanager
@@ -108,8 +128,12 @@ def daemon_process(env: dict[str, str], *args: str) -> Iterator[DaemonProcess]:
 class ThreadDaemon:
     """The daemon app under uvicorn in a background thread of this process."""
 
-    def __init__(self, settings: Settings, tool_modules: list[str] | None = None, **runtime_kwargs: Any) -> None:
-        self.runtime = Runtime(settings, build_registry(settings, tool_modules or []), **runtime_kwargs)
+    def __init__(
+        self, settings: Settings, tool_modules: list[str] | None = None, **runtime_kwargs: Any
+    ) -> None:
+        self.runtime = Runtime(
+            settings, build_registry(settings, tool_modules or []), **runtime_kwargs
+        )
         config = uvicorn.Config(
             create_app(self.runtime),
             host="127.0.0.1",
@@ -147,7 +171,9 @@ class ThreadDaemon:
 
 
 @contextlib.contextmanager
-def thread_daemon(tmp_path: Path, tool_modules: list[str] | None = None, **overrides: Any) -> Iterator[ThreadDaemon]:
+def thread_daemon(
+    tmp_path: Path, tool_modules: list[str] | None = None, **overrides: Any
+) -> Iterator[ThreadDaemon]:
     """A daemon in this process; ``overrides`` are settings (lower-case names)."""
     values: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp_path / 'bustrail.db'}",

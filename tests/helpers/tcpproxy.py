@@ -43,7 +43,9 @@ class TCPProxy:
             conns, self._conns = self._conns, []
         for conn in conns:
             with contextlib.suppress(OSError):
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                conn.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                )
                 conn.close()
 
     def close(self) -> None:

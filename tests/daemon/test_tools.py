@@ -1,0 +1,136 @@
+"""Tools: the registry, schemas and validation, the built-ins, and read_file's root,
+checked through a real daemon where the behaviour is the daemon's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from daemon.client import Client
+from daemon.tools import ToolError, ToolRegistry, ToolResult, builtin_registry, generate_json, tool
+from tests.helpers.daemon import thread_daemon
+
+
+# -- the registry -----------------------------------------------------------------------
+def test_type_hints_become_the_schema_and_the_validation() -> None:
+    registry = ToolRegistry()
+
+    @tool(description="Add up.")
+    def add(a: int, b: float = 1.5, label: str | None = None) -> dict[str, Any]:
+        return {"sum": a + b, "label": label}
+
+    entry = registry.add(add)
+    assert entry.describe()["description"] == "Add up."
+    schema = entry.input_schema
+    assert schema["required"] == ["a"]
+    assert schema["properties"]["a"] == {"type": "integer"}
+    assert schema["additionalProperties"] is False
+    assert entry.validate({"a": 2}) == {"a": 2, "b": 1.5, "label": None}
+    for bad in ({}, {"a": "two"}, {"a": 1, "c": 3}, {"a": 1.5}):
+        with pytest.raises(ValueError, match="invalid arguments for tool 'add'"):
+            entry.validate(bad)
+    assert asyncio.run(entry.invoke({"a": 2, "b": 1.0, "label": "x"})) == ToolResult(
+        b'{"sum": 3.0, "label": "x"}', "application/json"
+    )
+
+
+def test_a_name_is_registered_once_and_varargs_are_refused() -> None:
+    registry = ToolRegistry()
+
+    def one(x: int) -> int:
+        return x
+
+    def many(*args: int) -> int:
+        return len(args)
+
+    registry.add(one)
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.add(one)
+    with pytest.raises(TypeError, match=r"\*args"):
+        registry.add(many)
+
+
+def test_a_module_without_tools_or_missing_is_an_import_error() -> None:
+    registry = ToolRegistry()
+    with pytest.raises(ImportError, match="no_such_module"):
+        registry.load_module("tests.daemon.no_such_module")
+    with pytest.raises(ImportError, match="no function marked with @tool"):
+        registry.load_module("tests.daemon.support")
+    loaded = registry.load_module("tests.daemon.tools_for_tests")
+    assert sorted(t.name for t in loaded) == ["boom", "digest", "rendezvous", "wait_for_file"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("text", ToolResult(b"text", "text/plain")),
+        (b"\x00\x01", ToolResult(b"\x00\x01", "application/octet-stream")),
+        ([1, "é"], ToolResult('[1, "é"]'.encode(), "application/json")),
+    ],
+)
+def test_return_values_become_bytes_with_a_mime_type(value: Any, expected: ToolResult) -> None:
+    assert ToolResult.of(value) == expected
+
+
+def test_a_value_that_is_not_json_is_a_tool_error() -> None:
+    with pytest.raises(ToolError, match="not JSON"):
+        ToolResult.of({1, 2})
+
+
+# -- the built-ins ----------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1, 100, 10_000, 1_000_000])
+def test_generate_is_valid_json_of_about_the_size_and_the_same_for_a_seed(size: int) -> None:
+    text = generate_json(size, seed=3)
+    assert isinstance(json.loads(text), list)
+    assert size - 1 <= len(text.encode()) <= max(size, 2) + 400
+    assert text == generate_json(size, seed=3)
+    if size >= 1000:
+        assert text != generate_json(size, seed=4)
+
+
+def test_builtins_are_all_there(tmp_path: Path) -> None:
+    names = {t.name for t in builtin_registry(tmp_path).list()}
+    assert names == {"echo", "generate", "sleep", "fail", "read_file"}
+
+
+# -- read_file through the daemon ---------------------------------------------------------
+def test_read_file_reads_under_its_root_only(tmp_path: Path) -> None:
+    root = tmp_path / "files"
+    (root / "sub").mkdir(parents=True)
+    (root / "sub" / "data.bin").write_bytes(b"\x00inside\xff")
+    (tmp_path / "secret.txt").write_text("outside")
+    (root / "escape").symlink_to(tmp_path / "secret.txt")
+    (root / "dir-escape").symlink_to(tmp_path)
+
+    with thread_daemon(tmp_path, bustrail_files_root=root) as daemon:
+
+        async def scenario() -> dict[str, Any]:
+            async with await Client.connect(daemon.url) as client:
+                out: dict[str, Any] = {}
+                inside = await client.call("read_file", {"path": "sub/data.bin"})
+                out["inside"] = await client.result_bytes(inside)
+                for path in (
+                    "../secret.txt",
+                    str(tmp_path / "secret.txt"),
+                    "escape",
+                    "dir-escape/secret.txt",
+                    "sub/../../secret.txt",
+                    "sub",
+                    "nope.txt",
+                ):
+                    result = await client.call("read_file", {"path": path})
+                    out[path] = (result.is_error, result.text)
+                return out
+
+        out = asyncio.run(scenario())
+    assert out.pop("inside") == b"\x00inside\xff"
+    for path, (is_error, text) in out.items():
+        assert is_error, path
+        assert text != "outside"  # the secret never comes back
+        assert ("outside the files root" in text) or ("not a file" in text), (path, text)
+    for path in ("../secret.txt", str(tmp_path / "secret.txt"), "escape", "dir-escape/secret.txt"):
+        assert "outside the files root" in out[path][1], path
