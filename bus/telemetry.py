@@ -6,6 +6,12 @@ server span is ``tools/call <tool>`` with ``mcp.method.name``, ``mcp.session.id`
 on failure, ``error.type``. Context arrives in ``params._meta`` (``traceparent``,
 ``tracestate``, ``baggage``), as MCP propagates it.
 
+HTTP requests (download, upload) get a server span ``{method} {route}`` with the HTTP
+conventions (``http.request.method``, ``http.route``, ``http.response.status_code``);
+their parent comes from the same W3C headers. A streamed download outlives its handler,
+so that span is started and ended by hand and its context attached around each step of
+the stream (:meth:`Telemetry.attached`).
+
 A tracer provider exists even when nothing is exported (the default): every audit record
 keeps its request's trace and span id, so the audit trail and traces line up as soon as
 an exporter is switched on.
@@ -17,7 +23,9 @@ import contextlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from opentelemetry import propagate
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
@@ -27,6 +35,7 @@ from sqlalchemy.engine import Engine
 __all__ = ["Telemetry", "make_tracer_provider", "untraced"]
 
 INSTRUMENTATION = "bustrail"
+_PROPAGATED = ("traceparent", "tracestate", "baggage")
 
 
 @contextlib.contextmanager
@@ -82,7 +91,8 @@ class Telemetry:
         method: str = "tools/call",
     ) -> Iterator[Span]:
         """The server span of one JSON-RPC request: ``tools/call <tool>`` for a tool
-        call, else the method name (``resources/read``); its parent comes from ``_meta``."""
+        call, else the method name (``resources/read``); its parent (and baggage) come
+        from ``_meta``."""
         attributes = {
             "mcp.method.name": method,
             "mcp.session.id": session_id,
@@ -92,14 +102,58 @@ class Telemetry:
         if tool is not None:
             attributes["gen_ai.tool.name"] = tool
             attributes["gen_ai.operation.name"] = "execute_tool"
-        carrier = {k: v for k, v in meta.items() if isinstance(v, str)}
-        with self.tracer.start_as_current_span(
-            f"{method} {tool}" if tool is not None else method,
-            context=propagate.extract(carrier),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-        ) as span:
+        carrier = {k: v for k, v in meta.items() if k in _PROPAGATED and isinstance(v, str)}
+        parent = propagate.extract(carrier)
+        with (
+            self.attached(parent),  # the caller's baggage stays current too
+            self.tracer.start_as_current_span(
+                f"{method} {tool}" if tool is not None else method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=attributes,
+            ) as span,
+        ):
             yield span
+
+    def start_http_span(
+        self, method: str, route: str, headers: Mapping[str, str], **attributes: Any
+    ) -> tuple[Span, Context]:
+        """Start the server span of one HTTP request, its parent taken from the W3C
+        headers. The caller ends it (:meth:`end_http`), and attaches the context returned
+        (:meth:`attached`) around the work done for the request."""
+        carrier = {k: str(headers[k]) for k in _PROPAGATED if headers.get(k)}
+        parent = propagate.extract(carrier)
+        values = {"http.request.method": method, "http.route": route, **attributes}
+        span = self.tracer.start_span(
+            f"{method} {route}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={k: v for k, v in values.items() if v is not None},
+        )
+        return span, trace.set_span_in_context(span, parent)  # baggage kept
+
+    @staticmethod
+    @contextlib.contextmanager
+    def attached(ctx: Context) -> Iterator[None]:
+        """Make ``ctx`` current in here. Attach and detach happen in the same thread and
+        step: never hold this across a ``yield`` (a generator's next step may run in
+        another thread, whose context the token does not belong to)."""
+        token = otel_context.attach(ctx)
+        try:
+            yield
+        finally:
+            otel_context.detach(token)
+
+    @classmethod
+    def end_http(cls, span: Span, status_code: int, error_type: str | None = None) -> None:
+        """Record the response status and end the span; 5xx (or ``error_type``) is an
+        error, 4xx is the client's business (the HTTP server span convention)."""
+        span.set_attribute("http.response.status_code", status_code)
+        if error_type is None and status_code >= 500:
+            error_type = str(status_code)
+        if error_type is not None:
+            cls.mark_error(span, error_type)
+        span.end()
 
     @contextlib.contextmanager
     def span(self, name: str, **attributes: Any) -> Iterator[Span]:
