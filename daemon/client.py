@@ -176,7 +176,11 @@ class Client:
         http = httpx.AsyncClient(base_url=http_base(url), headers=headers, timeout=http_timeout)
         client = cls(ws, http, max_message_bytes=max_message_bytes, tracer_provider=tracer_provider)
         if initialize:
-            await client.initialize()
+            try:
+                await client.initialize()
+            except BaseException:
+                await client.close()  # a refused initialize must not leak the connection
+                raise
         return client
 
     async def __aenter__(self) -> Client:
