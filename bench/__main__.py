@@ -16,7 +16,9 @@ from bench.common import BenchResult, print_results
 
 
 def main(argv: list[str]) -> int:
-    names = sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_"))
+    names = sorted(
+        m.name for m in pkgutil.iter_modules(bench.__path__) if m.name.startswith("bench_")
+    )
     if argv:
         names = [n for n in names if n in argv or n.removeprefix("bench_") in argv]
     everything: list[BenchResult] = []
