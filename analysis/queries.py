@@ -1,0 +1,148 @@
+"""Named SQL: the analysis queries live in ``analysis/sql/*.sql``; Python uses their names.
+
+A file holds blocks, each opened by a line ``-- name: NAME``. A block named
+``NAME@postgresql`` or ``NAME@sqlite`` is that dialect's variant of ``NAME`` and is
+preferred over a plain ``NAME`` on that dialect.
+
+:func:`read_frame` runs one block and hands back a DataFrame. Parameters are bound with
+their types declared (timestamps as UTC ``DateTime``, lists expanded into ``IN (...)``),
+so SQLite compares timestamps in the exact text form bustrail stores them in.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+__all__ = [
+    "canonical_id",
+    "parse_blocks",
+    "queries",
+    "query",
+    "read_frame",
+    "read_sql_frame",
+    "statement",
+]
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"
+_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9_]+(?:@(?:postgresql|sqlite))?)\s*$")
+_DIALECTS = ("postgresql", "sqlite")
+
+
+def parse_blocks(text: str, source: str = "<sql>") -> dict[str, str]:
+    """``{name: sql}`` for every ``-- name: NAME`` block in ``text``."""
+    blocks: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        match = _HEADER.match(stripped)
+        if match:
+            name = match[1]
+            if name in blocks:
+                raise ValueError(f"{source}:{number}: query {name!r} is defined twice")
+            current = blocks[name] = []
+        elif stripped.startswith("-- name") or stripped.startswith("--name"):
+            raise ValueError(f"{source}:{number}: malformed query header {stripped!r}")
+        elif current is not None:
+            current.append(line)
+    result = {}
+    for name, lines in blocks.items():
+        # Comment lines stay in the file: a `:name` in one would read as a parameter.
+        code = [line for line in lines if not line.strip().startswith("--")]
+        sql = "\n".join(code).strip().rstrip(";").strip()
+        if not sql:
+            raise ValueError(f"{source}: query {name!r} is empty")
+        result[name] = sql
+    return result
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    """Every block of every file in ``analysis/sql``."""
+    found: dict[str, str] = {}
+    for path in sorted(SQL_DIR.glob("*.sql")):
+        for name, sql in parse_blocks(path.read_text(encoding="utf-8"), path.name).items():
+            if name in found:
+                raise ValueError(f"{path.name}: query {name!r} is defined in another file too")
+            found[name] = sql
+    return found
+
+
+def query(name: str, dialect: str) -> str:
+    """The SQL of ``name`` for ``dialect`` (``postgresql`` or ``sqlite``)."""
+    if dialect not in _DIALECTS:
+        raise ValueError(f"unknown dialect {dialect!r}: expected one of {_DIALECTS}")
+    known = queries()
+    for key in (f"{name}@{dialect}", name):
+        if key in known:
+            return known[key]
+    raise KeyError(f"no query named {name!r} for {dialect} in {SQL_DIR}")
+
+
+def _bind(name: str, value: Any) -> sa.BindParameter[Any]:
+    if isinstance(value, datetime):
+        return sa.bindparam(name, type_=sa.DateTime(timezone=True))
+    if isinstance(value, list | tuple | set | frozenset):
+        return sa.bindparam(name, expanding=True)
+    if isinstance(value, bool):
+        return sa.bindparam(name, type_=sa.Boolean())
+    if isinstance(value, int):
+        return sa.bindparam(name, type_=sa.BigInteger())
+    if isinstance(value, float):
+        return sa.bindparam(name, type_=sa.Float())
+    return sa.bindparam(name, type_=sa.Text())
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError(f"naive timestamp {value.isoformat()}: give it a time zone (UTC)")
+        # SQLite keeps timestamps as UTC text without an offset: compare in UTC.
+        return value.astimezone(UTC)
+    if isinstance(value, set | frozenset | tuple):
+        return sorted(value) if isinstance(value, set | frozenset) else list(value)
+    return value
+
+
+def statement(sql: str, params: Mapping[str, Any]) -> sa.TextClause:
+    """``sql`` with each parameter's type declared from its value."""
+    return sa.text(sql).bindparams(*(_bind(name, value) for name, value in params.items()))
+
+
+def read_frame(
+    conn: Connection, name: str, dialect: str, params: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Run the named query; its rows as a DataFrame (its columns even when empty).
+
+    Only the parameters the query names are bound, so callers may pass a common set.
+    """
+    sql = query(name, dialect)
+    used = {k: v for k, v in (params or {}).items() if re.search(rf":{k}\b", sql)}
+    return read_sql_frame(conn, sql, used)
+
+
+def read_sql_frame(
+    conn: Connection, sql: str, params: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    """Run ``sql``; its rows as a DataFrame. The one way analysis loads rows."""
+    values = {k: _value(v) for k, v in (params or {}).items()}
+    result = conn.execute(statement(sql, values), values)
+    columns = list(result.keys())
+    return pd.DataFrame.from_records(result.fetchall(), columns=columns)
+
+
+def canonical_id(value: Any) -> str:
+    """A transaction id as text with dashes, whichever form the backend returned
+    (PostgreSQL: a UUID; SQLite: 32 hex digits)."""
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return str(uuid.UUID(str(value)))
