@@ -573,5 +573,36 @@ def debt_ack(
 
 
 # Last: `python -m daemon.cli` must see every command defined above.
+@app.command()
+@handles_errors
+def demo(
+    seed: Annotated[int, typer.Option(help="Seed of the workload.")] = 1,
+    calls: Annotated[int, typer.Option(min=10, help="Traffic calls (faults come on top).")] = 150,
+) -> None:
+    """The whole product in one run: daemons, a fault-injecting workload, the detectors,
+    the debt ledger, a summary and an HTML report. Needs no server (embedded SQLite)."""
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from analysis.demo import print_summary, run_demo
+    from bus.db import mask_url
+
+    settings = settings_from_env()
+    url = settings.database_url.get_secret_value()
+    console = Console()
+    console.print(f"[bold]bustrail demo[/bold] on {mask_url(url)}")
+    outcome = run_demo(url, seed=seed, calls=calls, workdir=Path(".bustrail"))
+    print_summary(console, outcome)
+    console.print(
+        f"\nReport: {outcome.report.resolve()}\n"
+        "Dashboard: .venv/bin/bustrail dashboard   (then open http://127.0.0.1:8501)\n"
+        "Metrics:   .venv/bin/bustrail serve, then open http://127.0.0.1:8765/metrics\n"
+        "Debt:      .venv/bin/bustrail debt list"
+    )
+    if outcome.missed:
+        raise typer.Exit(1)
+
+
 if __name__ == "__main__":
     main()
