@@ -394,8 +394,12 @@ class Session:
             try:
                 await self.send(delivery.message)
             except Exception as exc:
-                bus.settle(ctx, delivery, sent=False, error=f"send failed: {exc}")
-                raise
+                # The client went away: nobody to answer. The audit keeps why.
+                why = f"send failed: {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+                bus.settle(ctx, delivery, sent=False, error=why)
+                self.runtime.telemetry.mark_error(span, "send_failed")
+                log.info("> %s result of %r not sent: %s", self.id[:8], request.id, why)
+                return
             bus.settle(ctx, delivery, sent=True)
         elif delivery.action is Action.STORE:
             assert delivery.record is not None
