@@ -116,8 +116,9 @@ def print_summary(console: Console, outcome: DemoOutcome) -> None:
         f"breaker trips {traffic['breaker_trips']}"
     )
     findings = Table(title="Silent failures found", title_justify="left")
-    for column in ("kind", "tool", "count", "injected", "what it means"):
-        findings.add_column(column, overflow="fold")
+    for column in ("kind", "tool", "count", "injected"):
+        findings.add_column(column, no_wrap=True)  # scripts grep for the kinds
+    findings.add_column("what it means", overflow="fold")
     injected = outcome.truth.faults
     for f in outcome.result.findings:
         findings.add_row(

@@ -35,6 +35,7 @@ __all__ = [
 DEFAULT_PROBE_BYTES = 4 * 1024 * 1024
 _PIECE = 1024 * 1024  # largest slice fed to a (de)compressor at once
 _GZIP_INPUT = 64 * 1024  # compressed bytes handed to zlib at once when decoding
+_StoredChunk = bytes | bytearray | memoryview  # a stored chunk, as decode() takes it
 
 
 class Compression(StrEnum):
@@ -68,7 +69,7 @@ def sha256_hex(data: bytes | memoryview) -> str:
 
 
 def iter_pieces(
-    payload: bytes | memoryview | Iterable[bytes], size: int = _PIECE
+    payload: bytes | bytearray | memoryview | Iterable[bytes], size: int = _PIECE
 ) -> Iterator[bytes]:
     """Yield a payload as pieces of at most ``size`` bytes (bytes or an iterable of bytes)."""
     if isinstance(payload, bytes | bytearray | memoryview):
@@ -221,7 +222,9 @@ class _ChunkReader:
     hands out to ``tracker``.
     """
 
-    def __init__(self, chunks: Iterable[bytes], tracker: _ZstdFrameEnd | None = None) -> None:
+    def __init__(
+        self, chunks: Iterable[_StoredChunk], tracker: _ZstdFrameEnd | None = None
+    ) -> None:
         self._chunks = iter(chunks)
         self._view = memoryview(b"")
         self._tracker = tracker
@@ -306,7 +309,7 @@ class _ZstdFrameEnd:
 
 
 def decode(
-    stored_chunks: Iterable[bytes],
+    stored_chunks: Iterable[_StoredChunk],
     compression: Compression,
     *,
     expected_size: int | None = None,
@@ -322,7 +325,7 @@ def decode(
     """
     compression = Compression(compression)
     if compression is Compression.NONE:
-        pieces: Iterator[bytes] = (p for c in stored_chunks for p in iter_pieces(c, piece))
+        pieces: Iterator[bytes] = _decode_none(stored_chunks, piece)
     elif compression is Compression.GZIP:
         pieces = _decode_gzip(stored_chunks, piece)
     else:
@@ -337,7 +340,16 @@ def decode(
         raise IncompleteStream(f"decodes to {produced} bytes, expected {expected_size}")
 
 
-def _decode_gzip(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
+def _decode_none(stored_chunks: Iterable[_StoredChunk], piece: int) -> Iterator[bytes]:
+    source = iter(stored_chunks)
+    chunk: _StoredChunk | None = None
+    # The previous chunk is let go before the next one is fetched.
+    while (chunk := next(source, None)) is not None:
+        yield from iter_pieces(chunk, piece)
+        chunk = None
+
+
+def _decode_gzip(stored_chunks: Iterable[_StoredChunk], piece: int) -> Iterator[bytes]:
     inflater = zlib.decompressobj(31)
     try:
         for chunk in stored_chunks:
@@ -363,7 +375,7 @@ def _decode_gzip(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
         raise IncompleteStream("gzip stream ends early")
 
 
-def _decode_zstd(stored_chunks: Iterable[bytes], piece: int) -> Iterator[bytes]:
+def _decode_zstd(stored_chunks: Iterable[_StoredChunk], piece: int) -> Iterator[bytes]:
     dctx = zstandard.ZstdDecompressor()
     frame = _ZstdFrameEnd()
     reader: Any = _ChunkReader(stored_chunks, frame)

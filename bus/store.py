@@ -24,9 +24,8 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
-import psycopg
 import sqlalchemy as sa
 
 from bus.codec import Compression, Encoder, IncompleteStream, decode, iter_pieces
@@ -34,7 +33,6 @@ from bus.db import Database, created_at_of, new_transaction_id, utcnow
 from bus.errors import (
     ChecksumMismatch,
     PayloadTooLarge,
-    StoreError,
     TransactionNotFound,
     TransactionUnavailable,
 )
@@ -55,6 +53,7 @@ __all__ = ["OpenPayload", "PayloadStore", "StoreConfig", "TransactionContext"]
 
 log = logging.getLogger(__name__)
 chunks: sa.Table = Chunk.__table__  # type: ignore[attr-defined]
+_SLICE = 1024 * 1024  # bytes of a stored chunk fetched per query on PostgreSQL
 _READABLE = (Status.STORED, Status.FETCHED)
 
 
@@ -95,8 +94,13 @@ class TransactionContext:
     hint: str | None = None
     transaction_id: uuid.UUID | None = None
     created_at: datetime | None = None
+    _checked: tuple[uuid.UUID, datetime] | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
 
     def ensure_id(self) -> tuple[uuid.UUID, datetime]:
+        if self._checked is not None and self._checked == (self.transaction_id, self.created_at):
+            return self._checked  # called several times a call: checked once
         if self.transaction_id is None:
             self.transaction_id, self.created_at = new_transaction_id()
         elif self.created_at is None:
@@ -107,7 +111,8 @@ class TransactionContext:
                 f"created_at {self.created_at.isoformat()} is not the time inside "
                 f"transaction id {self.transaction_id}"
             )
-        return self.transaction_id, self.created_at
+        self._checked = (self.transaction_id, self.created_at)
+        return self._checked
 
 
 @dataclass
@@ -304,7 +309,7 @@ class PayloadStore:
         if count_fetch:
             self.record_fetch(record)
 
-    def _stored_chunks(self, record: Transaction) -> Iterator[bytes]:
+    def _stored_chunks(self, record: Transaction) -> Iterator[bytes | bytearray]:
         for seq in range(record.chunk_count):
             row = self._read_chunk(record, seq)
             if row is None:
@@ -318,35 +323,41 @@ class PayloadStore:
             yield data
             del data  # not held while the next chunk is read
 
-    def _read_chunk(self, record: Transaction, seq: int) -> tuple[bytes, str] | None:
-        """One chunk's bytes and checksum, or None when the row is missing."""
+    def _read_chunk(self, record: Transaction, seq: int) -> tuple[bytes | bytearray, str] | None:
+        """One chunk's bytes and checksum, or None when the row is missing.
+
+        On PostgreSQL the bytes come in slices: bytea travels as hex text, twice its size,
+        which libpq would hold twice over for a whole chunk. A slice reads only its own
+        TOAST pages (``STORAGE EXTERNAL`` keeps chunks uncompressed), and each query
+        stays a plain SQLAlchemy statement, so it gets its database span like any other.
+        """
+        where = (
+            chunks.c.transaction_id == record.id,
+            chunks.c.seq == seq,
+            chunks.c.tenant == record.tenant,
+        )
         with self.db.begin(record.tenant) as conn:
-            if self.db.is_postgres:
-                # Binary results: bytea arrives as its bytes, not as hex text twice their
-                # size (which libpq would hold twice over, then psycopg decode).
-                raw = cast(psycopg.Connection[Any], conn.connection.dbapi_connection)
-                try:
-                    with raw.cursor(binary=True) as cursor:
-                        cursor.execute(
-                            "SELECT data, checksum FROM chunks "
-                            "WHERE transaction_id = %s AND seq = %s AND tenant = %s",
-                            (record.id, seq, record.tenant),
-                        )
-                        found = cursor.fetchone()
-                except psycopg.Error as exc:
-                    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
-                    raise StoreError(f"database error: {detail}") from exc
-            else:
-                found = conn.execute(
-                    sa.select(chunks.c.data, chunks.c.checksum).where(
-                        chunks.c.transaction_id == record.id,
-                        chunks.c.seq == seq,
-                        chunks.c.tenant == record.tenant,
-                    )
+            if not self.db.is_postgres:
+                row = conn.execute(
+                    sa.select(chunks.c.data, chunks.c.checksum).where(*where)
                 ).first()
-        if found is None:
-            return None
-        return bytes(found[0]), str(found[1])
+                return None if row is None else (bytes(row[0]), str(row[1]))
+            head = conn.execute(
+                sa.select(chunks.c.checksum, sa.func.octet_length(chunks.c.data)).where(*where)
+            ).first()
+            if head is None:
+                return None
+            checksum, length = str(head[0]), int(head[1])
+            data = bytearray(length)
+            for start in range(0, length, _SLICE):
+                piece = conn.execute(
+                    sa.select(sa.func.substring(chunks.c.data, start + 1, _SLICE)).where(*where)
+                ).scalar()
+                if piece is None:  # the row went away between two slices
+                    return None
+                data[start : start + len(piece)] = piece
+                del piece
+            return data, checksum
 
     def record_fetch(self, record: Transaction) -> None:
         now = self._clock()

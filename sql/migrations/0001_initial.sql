@@ -211,20 +211,25 @@ RETURNS integer
 LANGUAGE plpgsql
 AS $$
 DECLARE
+    -- Months are counted on the UTC wall clock (timestamp, not timestamptz): adding
+    -- a month to a timestamptz follows the session's TimeZone and its DST shifts.
+    first_month timestamp;
     month_start timestamptz;
+    month_end   timestamptz;
     part_name   text;
     created     integer := 0;
 BEGIN
+    first_month := date_trunc('month', p_from AT TIME ZONE 'UTC');
     FOR i IN 0 .. p_months - 1 LOOP
-        month_start := date_trunc('month', p_from AT TIME ZONE 'UTC') AT TIME ZONE 'UTC'
-                       + make_interval(months => i);
+        month_start := (first_month + make_interval(months => i)) AT TIME ZONE 'UTC';
+        month_end := (first_month + make_interval(months => i + 1)) AT TIME ZONE 'UTC';
         part_name := format('transactions_y%sm%s',
                             to_char(month_start AT TIME ZONE 'UTC', 'YYYY'),
                             to_char(month_start AT TIME ZONE 'UTC', 'MM'));
         IF to_regclass(part_name) IS NULL THEN
             EXECUTE format(
                 'CREATE TABLE %I PARTITION OF transactions FOR VALUES FROM (%L) TO (%L)',
-                part_name, month_start, month_start + interval '1 month');
+                part_name, month_start, month_end);
             EXECUTE format('ALTER TABLE %I ENABLE ROW LEVEL SECURITY', part_name);
             created := created + 1;
         END IF;
@@ -323,6 +328,11 @@ BEGIN
     RETURN n;
 END;
 $$;
+
+-- Functions are executable by PUBLIC unless revoked: these two run as their owner,
+-- across tenants, so only roles given them (bustrail_grant_app_role) may call them.
+REVOKE EXECUTE ON FUNCTION bustrail_expire(timestamptz, integer) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION bustrail_abandon_pending(interval, timestamptz) FROM PUBLIC;
 
 -- Give a (non-superuser) daemon role what it needs, and nothing that bypasses RLS.
 CREATE FUNCTION bustrail_grant_app_role(p_role name)
