@@ -135,6 +135,22 @@ def upgrade(db: Database) -> UpgradeResult:
     return UpgradeResult(before=before, after=current_version(db), applied=applied)
 
 
+def ensure_partitions(db: Database, months_ahead: int = 3) -> int:
+    """PostgreSQL: create the monthly partitions of the coming months (0 on SQLite).
+
+    `db upgrade` and `cleanup` call it: rows of a month without its partition land in
+    the default partition, and that month's partition could then no longer be made.
+    """
+    if not db.is_postgres:
+        return 0
+    with db.begin() as conn:
+        created = conn.execute(
+            sa.text("SELECT bustrail_ensure_partitions(now(), :months)"),
+            {"months": months_ahead + 1},
+        ).scalar_one()
+    return int(created)
+
+
 def require_schema(db: Database) -> None:
     """Raise SchemaError with the fix when the database is not at the latest version."""
     version = current_version(db)

@@ -88,8 +88,9 @@ def cleanup(
         int, typer.Option(min=1, help="Rows moved per database transaction.")
     ] = 10_000,
 ) -> None:
-    """Archive expired payloads (chunks deleted) and fail abandoned pending transactions."""
-    from bus.schema import require_schema
+    """Archive expired payloads (chunks deleted), fail abandoned pending transactions and
+    (PostgreSQL) create the coming months' partitions. Run it from cron, as the owner."""
+    from bus.schema import ensure_partitions, require_schema
     from bus.store import PayloadStore, StoreConfig
 
     settings = settings_from_env()
@@ -98,7 +99,11 @@ def cleanup(
     store = PayloadStore(db, StoreConfig.from_settings(settings))
     expired = store.expire(batch=batch)
     abandoned = store.abandon_pending(settings.bustrail_abandon_pending_seconds)
-    typer.echo(f"expired {expired} stored payload(s); abandoned {abandoned} pending transaction(s)")
+    partitions = ensure_partitions(db)
+    typer.echo(
+        f"expired {expired} stored payload(s); abandoned {abandoned} pending transaction(s)"
+        + (f"; created {partitions} partition(s)" if partitions else "")
+    )
 
 
 @config_app.command("show")

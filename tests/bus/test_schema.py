@@ -421,3 +421,32 @@ def test_partition_bounds_do_not_depend_on_the_session_time_zone(pg_url: str, zo
             assert parts[f"transactions_y2031m{month:02d}"] == (start, _month(start, 1))
     finally:
         db.dispose()
+
+
+@pytest.mark.postgres
+def test_ensure_partitions_creates_the_coming_months(pg_url: str) -> None:
+    from bus.schema import ensure_partitions
+
+    db = Database(pg_url)
+    try:
+        with db.connect() as conn:
+            before = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT relname FROM pg_class WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
+                    )
+                ).scalars()
+            )
+        created = ensure_partitions(db, months_ahead=6)
+        with db.connect() as conn:
+            after = set(
+                conn.execute(
+                    sa.text(
+                        "SELECT relname FROM pg_class WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
+                    )
+                ).scalars()
+            )
+        assert created == len(after - before) >= 3  # upgrade made about two months ahead
+        assert ensure_partitions(db, months_ahead=6) == 0  # nothing twice
+    finally:
+        db.dispose()

@@ -125,6 +125,9 @@ def test_metrics_after_a_mixed_workload(tmp_path: Path, pg_url: str) -> None:
             assert before["corrupted_code"] == -32005
             assert before["bad_frames"] == [-32700, -32700, -32601]
 
+            # Everything before the outage reaches the database first (else whether any
+            # record was written before the cut would be a race with the flush timer).
+            assert daemon.runtime.audit.flush(30)
             proxy.cut()
             during = asyncio.run(_during_outage(daemon))
             assert during["routes"] == ["fallback"] * N_FALLBACK
