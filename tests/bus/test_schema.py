@@ -433,7 +433,8 @@ def test_ensure_partitions_creates_the_coming_months(pg_url: str) -> None:
             before = set(
                 conn.execute(
                     sa.text(
-                        "SELECT relname FROM pg_class WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
+                        "SELECT relname FROM pg_class "
+                        "WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
                     )
                 ).scalars()
             )
@@ -442,7 +443,8 @@ def test_ensure_partitions_creates_the_coming_months(pg_url: str) -> None:
             after = set(
                 conn.execute(
                     sa.text(
-                        "SELECT relname FROM pg_class WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
+                        "SELECT relname FROM pg_class "
+                        "WHERE relname LIKE 'transactions_y%' AND relkind = 'r'"
                     )
                 ).scalars()
             )
