@@ -13,6 +13,7 @@ Everything that touches the database goes through :class:`Database`, which
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -55,7 +56,7 @@ def new_transaction_id(now: datetime | None = None) -> tuple[uuid.UUID, datetime
     here rather than taken from ``uuid6`` because seeding history and tests need ids for
     a given time, which ``uuid6.uuid7()`` cannot make.
     """
-    ms = int((now or utcnow()).timestamp() * 1000)
+    ms = time.time_ns() // 1_000_000 if now is None else int(now.timestamp() * 1000)
     rand = uuid.uuid4().int
     value = (ms & ((1 << 48) - 1)) << 80
     value |= 0x7 << 76  # version 7

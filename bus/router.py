@@ -25,6 +25,7 @@ __all__ = [
     "decide",
     "decide_fallback",
     "encode_message",
+    "needs_store",
 ]
 
 DEFAULT_CLIENT_CAP = 1024 * 1024
@@ -70,9 +71,13 @@ class RoutingPolicy:
         return min(cap, self.websocket_max_message_bytes)
 
 
+# One encoder, made once: json.dumps with these options builds a new one every call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def encode_message(message: Any) -> bytes:
     """The exact bytes a JSON-RPC message goes out as (compact, UTF-8)."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+    return _ENCODER.encode(message).encode()
 
 
 def decide(
@@ -102,6 +107,14 @@ def decide(
     if message_size <= limit:
         return Decision(Action.INLINE, limit)
     return Decision(Action.STORE, limit)
+
+
+def needs_store(policy: RoutingPolicy, *, payload_size: int, client_cap: int | None) -> bool:
+    """True when a result is routed to the store whatever its inline message would be:
+    that message holds the payload JSON-escaped or in base64, never in fewer bytes, so
+    one over the limit already is enough to know (and the message need not be built)."""
+    limit = min(policy.threshold_bytes, policy.client_limit(client_cap))
+    return policy.enabled and policy.max_payload_bytes >= payload_size > limit
 
 
 def decide_fallback(

@@ -28,6 +28,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import anyio.to_thread
 import pydantic
 from mcp import ClientSession, McpError, StdioServerParameters
 from mcp import types as mcp_types
@@ -40,6 +41,7 @@ from daemon.tools import Tool, ToolError, ToolRegistry, ToolResult
 __all__ = ["Gateway", "UpstreamError", "UpstreamSpec", "parse_upstream"]
 
 log = logging.getLogger(__name__)
+_CONVERT_INLINE = 256 * 1024  # larger results are converted in a worker thread
 
 
 class UpstreamError(ToolError):
@@ -64,7 +66,10 @@ def parse_upstream(text: str) -> UpstreamSpec:
         raise ValueError(f"expected NAME=COMMAND, got {text!r}")
     if not name.replace("-", "").replace("_", "").isalnum():
         raise ValueError(f"upstream name {name!r} must be letters, digits, - or _")
-    parts = shlex.split(command)
+    try:
+        parts = shlex.split(command)
+    except ValueError as exc:  # an unbalanced quote
+        raise ValueError(f"cannot split the command of {text!r}: {exc}") from None
     return UpstreamSpec(name=name, command=parts[0], args=tuple(parts[1:]))
 
 
@@ -75,18 +80,69 @@ class _StderrToLog:
         read_fd, write_fd = os.pipe()
         self.file = os.fdopen(write_fd, "w")
         self._reader = os.fdopen(read_fd, "r", errors="replace")
+        self._last_line = ""
         self._thread = threading.Thread(target=self._pump, args=(name,), daemon=True)
         self._thread.start()
 
     def _pump(self, name: str) -> None:
         upstream_log = logging.getLogger(f"bustrail.upstream.{name}")
         for line in self._reader:
-            upstream_log.info("%s", line.rstrip())
+            text = line.rstrip()
+            upstream_log.info("%s", text)
+            if text.strip():
+                self._last_line = text.strip()
         self._reader.close()
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.file.close()
+
+    def last_line(self, wait: float) -> str:
+        """The last line the upstream wrote, once the pipe is read to its end (or after
+        ``wait`` seconds, if something else still holds it open)."""
+        self._thread.join(wait)
+        return self._last_line
+
+
+class _ClientSession(ClientSession):
+    """The SDK's ``ClientSession``, checking results against a tool's output schema with
+    a validator made once per schema. The SDK calls ``jsonschema.validate`` for every
+    result, which checks the schema itself against its metaschema first, every time:
+    over a quarter of the daemon's time on a small gateway call (bench_gateway)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._validators: dict[str, tuple[dict[str, Any], Any]] = {}
+
+    async def _validate_tool_result(self, name: str, result: mcp_types.CallToolResult) -> None:
+        schema = self._tool_output_schemas.get(name)
+        if schema is None:  # not listed (the SDK refreshes and warns), or no schema
+            await super()._validate_tool_result(name, result)
+            return
+        from jsonschema import SchemaError, validators
+        from jsonschema.exceptions import best_match
+        from referencing import Registry
+        from referencing.exceptions import Unresolvable
+
+        made = self._validators.get(name)
+        if made is None or made[0] is not schema:  # a new listing may bring a new schema
+            cls = validators.validator_for(schema)
+            try:
+                cls.check_schema(schema)
+            except SchemaError as e:
+                raise RuntimeError(f"Invalid schema for tool {name}: {e}") from e
+            # An explicit empty registry, as the SDK: `$ref`s resolve within the schema.
+            made = self._validators[name] = (schema, cls(schema, registry=Registry()))
+        if result.structuredContent is None:
+            raise RuntimeError(
+                f"Tool {name} has an output schema but did not return structured content"
+            )
+        try:
+            error = best_match(made[1].iter_errors(result.structuredContent))
+        except Unresolvable as e:
+            raise RuntimeError(f"Invalid schema for tool {name}: {e}") from e
+        if error is not None:
+            raise RuntimeError(f"Invalid structured content returned by tool {name}: {error}")
 
 
 class Upstream:
@@ -110,6 +166,9 @@ class Upstream:
         self.restarts = 0
         self.last_error: str | None = None
         self.ready = asyncio.Event()
+        # Set once the first start has succeeded or failed: start-up waits for this,
+        # not for readiness, so a command that cannot start does not hold it up.
+        self.tried = asyncio.Event()
         self._broken = anyio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -128,25 +187,37 @@ class Upstream:
         backoff = 0.5
         while not self._stopping:
             stderr = _StderrToLog(self.spec.name)
+            self.ready.clear()
             try:
                 await self._serve_once(stderr)
                 backoff = 0.5
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("upstream %s failed: %s", self.spec.name, self.last_error)
+                self.last_error = _describe(exc)
             finally:
                 stderr.close()
                 self.session = None
-                self.ready.clear()
                 self.metrics.upstream_up.labels(upstream=self.spec.name).set(0)
+            if not self._stopping and not self.ready.is_set():
+                # It never got ready: what it said last usually says why (a missing
+                # module, a bad argument, a missing credential).
+                said = await asyncio.to_thread(stderr.last_line, 1.0)
+                if said:
+                    self.last_error = f"{self.last_error or 'it exited'}; its stderr said: {said}"
+            self.ready.clear()
+            self.tried.set()
             if self._stopping:
                 break
             self.state = "restarting"
             self.restarts += 1
             self.metrics.upstream_restarts.labels(upstream=self.spec.name).inc()
-            log.warning("= upstream %s: restarting in %.1fs", self.spec.name, backoff)
+            log.warning(
+                "= upstream %s: %s; restarting in %.1fs",
+                self.spec.name,
+                self.last_error or "it stopped",
+                backoff,
+            )
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, self.max_backoff)
         self.state = "stopped"
@@ -163,13 +234,14 @@ class Upstream:
             relay_send, relay_read = anyio.create_memory_object_stream[Any](0)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._relay, read, relay_send)
-                async with ClientSession(relay_read, write) as session:
+                async with _ClientSession(relay_read, write) as session:
                     await session.initialize()
                     listed = await session.list_tools()
                     self.tools = list(listed.tools)
                     self.session = session
                     self.state = "ready"
                     self.ready.set()
+                    self.tried.set()
                     self.metrics.upstream_up.labels(upstream=self.spec.name).set(1)
                     log.info("= upstream %s ready with %d tool(s)", self.spec.name, len(self.tools))
                     await self._broken.wait()
@@ -224,7 +296,11 @@ class Upstream:
                 self.telemetry.mark_error(span, "tool_error")
                 raise ToolError(_text_of(result.content) or f"upstream tool {tool!r} failed")
             self.metrics.upstream_calls.labels(upstream=name, outcome="ok").inc()
-            return to_tool_result(result)
+            if _content_size(result) <= _CONVERT_INLINE:
+                # A thread hop costs more than converting a small result (bench_gateway).
+                return to_tool_result(result)
+            # Off the event loop: a large JSON text is parsed to tell JSON from text.
+            return await anyio.to_thread.run_sync(to_tool_result, result)
 
     def health(self) -> dict[str, Any]:
         return {
@@ -282,22 +358,23 @@ class Gateway:
         self.registry = registry
         self.timeout = timeout
         self.upstreams = [Upstream(s, metrics=metrics, telemetry=telemetry) for s in specs]
-        self._registered: set[str] = set()
+        self._seen: set[str] = set()  # NAME.tool of every upstream tool registered
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, wait_seconds: float = 30.0) -> None:
-        """Spawn every upstream and wait (bounded) for each to list its tools."""
+        """Spawn every upstream and wait (bounded) for each to list its tools or fail
+        once; one that is not ready is retried in the background, and its tools are
+        registered when it is."""
         for upstream in self.upstreams:
             upstream.start()
-        waits = [asyncio.wait_for(u.ready.wait(), wait_seconds) for u in self.upstreams]
-        results = await asyncio.gather(*waits, return_exceptions=True)
-        for upstream, outcome in zip(self.upstreams, results, strict=True):
-            if isinstance(outcome, BaseException):
+        waits = [asyncio.wait_for(u.tried.wait(), wait_seconds) for u in self.upstreams]
+        await asyncio.gather(*waits, return_exceptions=True)
+        for upstream in self.upstreams:
+            if upstream.state != "ready":
                 log.error(
-                    "upstream %s not ready after %gs: %s",
+                    "upstream %s is not ready (%s); retrying in the background",
                     upstream.spec.name,
-                    wait_seconds,
-                    upstream.last_error or "no answer",
+                    upstream.last_error or f"no answer after {wait_seconds:g}s",
                 )
         self._register()
         self._watcher = asyncio.create_task(self._keep_registered())
@@ -306,11 +383,26 @@ class Gateway:
         single = len(self.upstreams) == 1
         for upstream in self.upstreams:
             for tool in upstream.tools:
-                exposed = tool.name if single else f"{upstream.spec.name}.{tool.name}"
-                if exposed in self._registered:
+                qualified = f"{upstream.spec.name}.{tool.name}"
+                if qualified in self._seen:
                     continue
-                self.registry.add_external(UpstreamTool(upstream, tool, exposed, self.timeout))
-                self._registered.add(exposed)
+                exposed = tool.name if single else qualified
+                if self.registry.get(exposed) is not None:
+                    # Named like a built-in (or a --tools tool): that one keeps the name.
+                    log.warning(
+                        "upstream %s: tool %r is taken, exposed as %r",
+                        upstream.spec.name,
+                        tool.name,
+                        qualified,
+                    )
+                    exposed = qualified
+                try:
+                    self.registry.add_external(UpstreamTool(upstream, tool, exposed, self.timeout))
+                except ValueError as exc:  # a --tools tool called NAME.tool: leave it out
+                    log.error(
+                        "upstream %s: tool %r not exposed: %s", upstream.spec.name, tool.name, exc
+                    )
+                self._seen.add(qualified)
 
     async def _keep_registered(self) -> None:
         """An upstream that starts late (or comes back with new tools) gets registered."""
@@ -328,9 +420,36 @@ class Gateway:
     def health(self) -> dict[str, Any]:
         return {u.spec.name: u.health() for u in self.upstreams}
 
+    def why_unknown(self, name: str) -> str | None:
+        """Why ``name`` may be a tool of an upstream that never listed its tools (it has
+        not started), for the error of a call to an unknown tool; None otherwise."""
+        single = len(self.upstreams) == 1
+        for upstream in self.upstreams:
+            if upstream.tools or not (single or name.startswith(f"{upstream.spec.name}.")):
+                continue
+            why = f" ({upstream.last_error})" if upstream.last_error else ""
+            return (
+                f"upstream {upstream.spec.name!r} is {upstream.state}{why}: its tools "
+                "are not known until it starts"
+            )
+        return None
+
     @property
     def ready(self) -> bool:
         return all(u.state == "ready" for u in self.upstreams)
+
+
+def _describe(exc: BaseException) -> str:
+    """An error as one line, task-group wrappers taken off (their leaves are the news)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _content_size(result: mcp_types.CallToolResult) -> int:
+    """About how many characters a result's content holds (text and base64 data)."""
+    blocks = result.content
+    return sum(len(getattr(c, "text", None) or getattr(c, "data", None) or "") for c in blocks)
 
 
 def _text_of(content: list[Any]) -> str:
@@ -346,7 +465,9 @@ def to_tool_result(result: mcp_types.CallToolResult) -> ToolResult:
         stripped = text.lstrip()[:1]
         mime = "application/json" if stripped in ("{", "[") and _is_json(text) else "text/plain"
         return ToolResult(text.encode(), mime)
-    if len(content) == 1 and getattr(content[0], "type", None) in ("image", "audio"):
+    if len(content) == 1 and isinstance(
+        content[0], mcp_types.ImageContent | mcp_types.AudioContent
+    ):
         block = content[0]
         return ToolResult(base64.b64decode(block.data), block.mimeType)
     if not content and result.structuredContent is not None:

@@ -24,7 +24,7 @@ from bus.findings import open_findings_by_kind
 from bus.messagebus import MessageBus
 from bus.metrics import Metrics
 from bus.models import Transaction
-from bus.preview import PreviewPolicy, build_preview
+from bus.preview import Preview, PreviewPolicy, build_preview
 from bus.router import RoutingPolicy
 from bus.schema import require_schema, upgrade
 from bus.settings import Settings
@@ -221,13 +221,18 @@ class Runtime:
 
     # -- responses ------------------------------------------------------------------------
     def claim_check(
-        self, record: Transaction, result: ToolResult, preview: PreviewPolicy | None = None
+        self,
+        record: Transaction,
+        result: ToolResult,
+        preview: PreviewPolicy | None = None,
+        shown: Preview | None = None,
     ) -> dict[str, Any]:
-        """The MCP result for a stored payload: a preview for agents, a resource_link,
-        and where to get the whole."""
+        """The MCP result for a stored payload: a preview for agents (``shown``, when it
+        was made already), a resource_link, and where to get the whole."""
         uri = f"bustrail://transactions/{record.id}"
         download = f"/v1/transactions/{record.id}"
-        shown = build_preview(result.data, result.mime_type, preview or self.preview_policy)
+        if shown is None:
+            shown = build_preview(result.data, result.mime_type, preview or self.preview_policy)
         how = f"read it with resources/read {uri} (if it fits one message) or GET {download}"
         if shown.text and shown.truncated:
             notice = (

@@ -9,6 +9,7 @@ flushes the audit writer. A second signal exits at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -85,6 +86,10 @@ class _Server(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
+        # Everything made so far (modules, the runtime, its pools) lives as long as the
+        # process: out of the collector's sight, a full collection no longer walks it.
+        # Without this, garbage collection was ~18% of a small call's time (bench_daemon).
+        gc.freeze()
         for server in self.servers:
             for sock in server.sockets:
                 host, port = sock.getsockname()[:2]

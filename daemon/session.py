@@ -27,8 +27,8 @@ from bus.errors import (
     TransactionUnavailable,
 )
 from bus.models import Route
-from bus.preview import PreviewPolicy
-from bus.router import DEFAULT_CLIENT_CAP, Action, encode_message
+from bus.preview import Preview, PreviewPolicy, build_preview
+from bus.router import DEFAULT_CLIENT_CAP, Action, encode_message, needs_store
 from bus.store import OpenPayload, TransactionContext
 from daemon import jsonrpc
 from daemon.jsonrpc import Code, Notification, ProtocolError, Request
@@ -316,7 +316,12 @@ class Session:
             raise ProtocolError(Code.INVALID_PARAMS, 'invalid params: "name" must be a string')
         entry = self.runtime.tools.get(name)
         if entry is None:
-            raise ProtocolError(Code.INVALID_PARAMS, f"invalid params: unknown tool {name!r}")
+            gateway = self.runtime.gateway
+            why = gateway.why_unknown(name) if gateway is not None else None
+            raise ProtocolError(
+                Code.INVALID_PARAMS,
+                f"invalid params: unknown tool {name!r}" + (f"; {why}" if why else ""),
+            )
         arguments = params.get("arguments", {})
         if arguments is None:
             arguments = {}
@@ -357,7 +362,9 @@ class Session:
         timeout = self.runtime.settings.bustrail_tool_timeout_seconds
         try:
             with self.runtime.metrics.tool_call(entry.name):
-                result: ToolResult = await asyncio.wait_for(entry.invoke(arguments), timeout)
+                # asyncio.timeout, not wait_for: no second task per call.
+                async with asyncio.timeout(timeout):
+                    result: ToolResult = await entry.invoke(arguments)
         except asyncio.CancelledError:
             ctx.tool_ms = (time.perf_counter() - started) * 1000
             why = "the daemon is shutting down" if self.runtime.shutting_down else "the client"
@@ -386,7 +393,16 @@ class Session:
                 jsonrpc.result_response(request.id, _inline_result(result, route, checksum, ctx))
             )
 
-        cap = options.cap(self.client_cap)
+        cap = options.cap(self.client_cap, result)
+        shown: asyncio.Future[Preview] | None = None
+        if needs_store(self.runtime.policy, payload_size=len(result.data), client_cap=cap):
+            # Bound for the store: its preview is made meanwhile, in a thread. For JSON it
+            # parses all of it (~10 ms a MB up to 64 MiB), which the store's compressing,
+            # hashing and writing (done without the GIL) overlap (bench_large).
+            shown = asyncio.ensure_future(
+                asyncio.to_thread(build_preview, result.data, result.mime_type, options.preview)
+            )
+            shown.add_done_callback(_consume)  # not needed if the result is not stored
         delivery = await bus.deliver(ctx, result.data, build_inline, client_cap=cap)
         self.runtime.telemetry.annotate(span, delivery)
         if delivery.action in (Action.INLINE, Action.FALLBACK):
@@ -403,8 +419,13 @@ class Session:
             bus.settle(ctx, delivery, sent=True)
         elif delivery.action is Action.STORE:
             assert delivery.record is not None
+            made = await shown if shown is not None else None
+            # In a thread: a preview of a large JSON result parses all of it.
             claim = jsonrpc.result_response(
-                request.id, self.runtime.claim_check(delivery.record, result, options.preview)
+                request.id,
+                await asyncio.to_thread(
+                    self.runtime.claim_check, delivery.record, result, options.preview, made
+                ),
             )
             if len(_encode(claim)) > self.runtime.policy.client_limit(self.client_cap):
                 # The preview (as asked, escaped) does not fit this client: send none.
@@ -476,12 +497,29 @@ class CallOptions:
                 preview = PreviewPolicy(head_bytes=head, tail_bytes=tail)
         return cls(preview=preview.resized(max_chars), max_result_chars=max_chars)
 
-    def cap(self, client_cap: int | None) -> int | None:
-        """The client's message cap, lowered to its maxResultSizeChars when it sent one:
-        a result the client would truncate goes to the store (with a preview) instead."""
-        if self.max_result_chars is None:
+    def cap(self, client_cap: int | None, result: ToolResult) -> int | None:
+        """The client's message cap, lowered when the result is longer than the
+        maxResultSizeChars it sent: a result the client would truncate goes to the store
+        (with a preview) instead. Its message is longer still, so the lowered cap sends
+        it there whatever the threshold."""
+        limit = self.max_result_chars
+        if limit is None or _result_chars(result) <= limit:
             return client_cap
-        return min(client_cap or DEFAULT_CLIENT_CAP, self.max_result_chars + 1024)
+        return min(client_cap or DEFAULT_CLIENT_CAP, limit)
+
+
+def _result_chars(result: ToolResult) -> int:
+    """How many characters a client sees of a result inline: its text, or base64."""
+    text = _as_text(result)
+    if text is None:
+        return (len(result.data) + 2) // 3 * 4
+    return len(text)
+
+
+def _consume(future: asyncio.Future[Any]) -> None:
+    """Retrieve a background future's outcome, so that an unused one logs no error."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _encode(message: dict[str, Any]) -> bytes:

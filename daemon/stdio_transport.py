@@ -43,8 +43,6 @@ async def stdio_transport(
     server: StdioServerParameters, errlog: TextIO
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Spawn the server; yield (read_stream, write_stream) for ``ClientSession``."""
-    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
-    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
     env = {**get_default_environment(), **(server.env or {})}
     process = await anyio.open_process(
         [server.command, *server.args],
@@ -53,6 +51,9 @@ async def stdio_transport(
         cwd=server.cwd,
         start_new_session=True,
     )
+    # Made once the process runs: a command that cannot start leaves no stream unclosed.
+    read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)
 
     async def stdout_reader() -> None:
         assert process.stdout is not None
