@@ -385,14 +385,22 @@ class PayloadStore:
             )
 
     # -- removing -----------------------------------------------------------------------
-    def delete(self, tenant: str, transaction_id: uuid.UUID) -> None:
+    def delete(
+        self, tenant: str, transaction_id: uuid.UUID, *, rejected: tuple[str, str] | None = None
+    ) -> None:
         """Expire one of ``tenant``'s payloads now: chunks deleted, row archived.
 
-        Deleting an already archived (expired) transaction does nothing."""
+        ``rejected=(error_kind, error)`` archives it as ``rejected`` with that reason
+        instead (a payload refused after it was stored, e.g. an upload damaged in
+        transit), so the audit trail does not mistake it for an ordinary expiry.
+        Deleting an already archived transaction does nothing."""
         record = get_transaction(self.db, tenant, transaction_id, include_archive=False)
         if record is None:
             self.info(tenant, transaction_id)  # TransactionNotFound unless archived
             return
+        if rejected is not None:
+            record.status = Status.REJECTED
+            record.error_kind, record.error = rejected
         now = self._clock()
         with self.db.begin(tenant) as conn:
             _archive_rows(conn, [record], now)
@@ -472,13 +480,14 @@ def _key(tx_id: uuid.UUID, created_at: datetime, tenant: str) -> tuple[sa.Column
 
 
 def _archive_rows(conn: sa.Connection, records: list[Transaction], now: datetime) -> None:
-    """Move rows to the archive (status ``expired``, ``corrupted`` kept), drop chunks."""
+    """Move rows to the archive (status ``expired``; ``corrupted`` and ``rejected``
+    kept), drop chunks."""
     if not records:
         return
     rows = []
     for record in records:
         row = transaction_to_row(record)
-        if row["status"] is not Status.CORRUPTED and row["status"] != Status.CORRUPTED:
+        if row["status"] not in (Status.CORRUPTED, Status.REJECTED):
             row["status"] = Status.EXPIRED
         row["archived_at"] = now
         rows.append(row)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import queue
 import re
@@ -272,12 +273,19 @@ def create_app(runtime: Runtime) -> Starlette:
             await _stop_pump(pumping, pieces)
         _annotate(span, record)
         if expected and expected != record.checksum:
-            await asyncio.to_thread(runtime.store.delete, tenant, record.id)
-            return _error(
-                400,
+            message = (
                 f"upload damaged in transit: its SHA-256 is {record.checksum}, the client "
-                f"said {expected}; not kept",
+                f"said {expected}; not kept"
             )
+            await asyncio.to_thread(
+                functools.partial(
+                    runtime.store.delete,
+                    tenant,
+                    record.id,
+                    rejected=("upload_damaged", message),
+                )
+            )
+            return _error(400, message)
         return JSONResponse(
             {
                 "transaction_id": str(record.id),

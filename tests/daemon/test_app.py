@@ -273,6 +273,8 @@ def test_a_damaged_upload_is_refused_and_not_kept(daemon: ThreadDaemon) -> None:
     daemon.runtime.audit.flush()
     (row,) = audit_rows(database_url(daemon), direction="upload")
     assert chunk_count(database_url(daemon), row["id"]) == 0
+    # Archived as refused, with why: not mistaken for an ordinary expiry.
+    assert (row["status"], row["error_kind"]) == ("rejected", "upload_damaged")
     again = httpx.get(f"{daemon.http}/v1/transactions/{row['id']}", timeout=10)
     assert again.status_code in (404, 410)
 
