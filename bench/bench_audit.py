@@ -25,23 +25,20 @@ postgresql://127.0.0.1:5432/postgres), migrated, and dropped afterwards.
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 import statistics
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import BenchResult, print_results, stopwatch
+from bench.common import BenchResult, fresh_database, postgres_missing, print_results, stopwatch
 from bus.audit import AuditWriter
-from bus.db import Database, new_transaction_id, normalize_url, utcnow
+from bus.db import Database, new_transaction_id, utcnow
 from bus.models import Compression, Direction, Route, Status
 from bus.records import TRANSACTION_COLUMNS
 
@@ -50,7 +47,6 @@ __all__ = ["realistic_rows", "run"]
 ROWS = 100_000
 ROUNDS = 5
 TARGET = 0.5
-PG_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
 _TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 _TOOLS = ("echo", "generate", "read_file", "search", "sql_query", "fetch_url")
 
@@ -113,27 +109,6 @@ def realistic_rows(count: int = ROWS, *, seed: int = 0) -> list[dict[str, Any]]:
     return rows
 
 
-@contextmanager
-def fresh_database() -> Iterator[Database]:
-    """A new migrated database on the benchmark server, dropped afterwards."""
-    from bus.schema import upgrade
-
-    admin = sa.create_engine(normalize_url(PG_URL), isolation_level="AUTOCOMMIT")
-    name = f"bustrail_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(normalize_url(PG_URL)).set(database=name)
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        upgrade(db)
-        yield db
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def _empty(db: Database) -> None:
     with db.begin() as conn:
         conn.execute(sa.text("TRUNCATE transactions"))
@@ -179,20 +154,8 @@ def time_writer(db: Database, rows: list[dict[str, Any]], spool: Path) -> float:
     return elapsed[0]
 
 
-def _postgres_missing() -> str | None:
-    admin = sa.create_engine(normalize_url(PG_URL))
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.DBAPIError as exc:
-        return f"PostgreSQL not reachable at {PG_URL}: {str(exc.orig).strip().splitlines()[0]}"
-    finally:
-        admin.dispose()
-    return None
-
-
 def run() -> list[BenchResult]:
-    missing = _postgres_missing()
+    missing = postgres_missing()
     if missing:
         print(f"SKIPPING bench_audit: {missing}", file=sys.stderr)
         return []

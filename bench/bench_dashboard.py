@@ -14,7 +14,6 @@ ratio = overview / count, lower is better; the target is 5.
 from __future__ import annotations
 
 import io
-import os
 import statistics
 import time
 import uuid
@@ -26,10 +25,9 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from bench.common import BenchResult, print_results
-from bus.db import Database, normalize_url, utcnow
+from bench.common import BenchResult, fresh_database, print_results
+from bus.db import Database, utcnow
 from bus.records import TRANSACTION_COLUMNS
-from bus.schema import upgrade
 from dashboard import queries
 
 __all__ = ["run"]
@@ -38,7 +36,6 @@ ROWS = 1_000_000
 DAYS = 7
 TTL = timedelta(hours=48)
 REPEAT = 5
-SERVER_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
 
 TOOLS = ["echo", "generate", "read_file", "search", "fetch_url", "sql_query", "list_dir",
          "grep", "summarize", "render_pdf", "screenshot", "fail"]  # fmt: skip
@@ -172,17 +169,7 @@ def _count(db: Database, params: dict[str, datetime]) -> int:
 
 
 def run() -> list[BenchResult]:
-    admin = sa.create_engine(normalize_url(SERVER_URL), isolation_level="AUTOCOMMIT")
-    name = f"bustrail_bench_dash_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    db = Database(
-        sa.engine.make_url(normalize_url(SERVER_URL))
-        .set(database=name)
-        .render_as_string(hide_password=False)
-    )
-    try:
-        upgrade(db)
+    with fresh_database("bustrail_bench_dash") as db:
         now = utcnow()
         t0 = time.perf_counter()
         live, archived = _load(db, int(now.timestamp() * 1000))
@@ -216,11 +203,6 @@ def run() -> list[BenchResult]:
                 )
             )
         return results
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 if __name__ == "__main__":

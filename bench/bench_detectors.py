@@ -25,7 +25,6 @@ once. The database is dropped afterwards.
 
 from __future__ import annotations
 
-import os
 import sys
 import uuid
 from collections.abc import Callable
@@ -40,14 +39,12 @@ import sqlalchemy as sa
 from analysis.detectors import KINDS, run_detectors
 from analysis.findings import AnalysisResult
 from analysis.queries import read_sql_frame
-from bench.common import BenchResult, print_results, stopwatch
+from bench.common import BenchResult, fresh_database, postgres_missing, print_results, stopwatch
 from bus.db import Database, normalize_url, utcnow
 from bus.records import TRANSACTION_COLUMNS
-from bus.schema import upgrade
 
 __all__ = ["generate", "run"]
 
-PG_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
 ROWS = 1_000_000
 DAYS = 7
 TTL = timedelta(hours=48)
@@ -381,31 +378,12 @@ def _detect(db: Database, since: timedelta, now: datetime) -> tuple[float, Analy
     return t[0], result
 
 
-def _postgres_missing() -> str | None:
-    admin = sa.create_engine(normalize_url(PG_URL))
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.DBAPIError as exc:
-        return f"PostgreSQL not reachable at {PG_URL}: {str(exc.orig).strip().splitlines()[0]}"
-    finally:
-        admin.dispose()
-    return None
-
-
 def run() -> list[BenchResult]:
-    missing = _postgres_missing()
+    missing = postgres_missing()
     if missing:
         print(f"SKIPPING bench_detectors (needs PostgreSQL): {missing}", file=sys.stderr)
         return []
-    admin = sa.create_engine(normalize_url(PG_URL), isolation_level="AUTOCOMMIT")
-    name = f"bustrail_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(normalize_url(PG_URL)).set(database=name)
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        upgrade(db)
+    with fresh_database() as db:
         now = utcnow()
         with stopwatch() as t_gen:
             audit = generate(now)
@@ -417,11 +395,6 @@ def run() -> list[BenchResult]:
             f"COPY + VACUUM ANALYZE {t_copy[0]:.1f}s"
         )
         return _measure(db, now)
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _measure(db: Database, now: datetime) -> list[BenchResult]:

@@ -24,21 +24,25 @@ import gc
 import hashlib
 import itertools
 import json
-import os
 import random
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import sqlalchemy as sa
 import zstandard
 
-from bench.common import BenchResult, PeakRSS, print_results, stopwatch
+from bench.common import (
+    BenchResult,
+    PeakRSS,
+    fresh_database,
+    postgres_missing,
+    print_results,
+    stopwatch,
+)
 from bus.codec import Compression
-from bus.db import Database, normalize_url
+from bus.db import Database
 from bus.schema import upgrade
 from bus.store import PayloadStore, StoreConfig, TransactionContext
 
@@ -49,7 +53,6 @@ MIB = 1024 * 1024
 PAYLOAD_BYTES = 100 * MB
 PIECE_BYTES = MIB
 MEMORY_BUDGET_MB = 64
-PG_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
 
 _WORDS = (
     "alpha",
@@ -224,33 +227,8 @@ def _measure_sqlite(expected: str) -> dict[str, float]:
 
 def _measure_postgres(expected: str) -> dict[str, float]:
     payload = JsonPayload()
-    admin = sa.create_engine(normalize_url(PG_URL), isolation_level="AUTOCOMMIT")
-    name = f"bustrail_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(normalize_url(PG_URL)).set(database=name)
-    db = Database(url.render_as_string(hide_password=False))
-    try:
-        upgrade(db)
+    with fresh_database() as db:
         return _measure(db, payload, expected)
-    finally:
-        db.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _postgres_missing() -> str | None:
-    """Why PostgreSQL cannot be used, or None when it answers."""
-    admin = sa.create_engine(normalize_url(PG_URL))
-    try:
-        with admin.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.DBAPIError as exc:
-        return f"PostgreSQL not reachable at {PG_URL}: {str(exc.orig).strip().splitlines()[0]}"
-    finally:
-        admin.dispose()
-    return None
 
 
 def _in_child(backend: str, expected: str) -> dict[str, float]:
@@ -280,7 +258,7 @@ def run() -> list[BenchResult]:
         f"read {mb / base_read:.0f} MB/s"
     )
     backends = ["sqlite"]
-    missing = _postgres_missing()
+    missing = postgres_missing()
     if missing:
         print(f"SKIPPING postgresql: {missing}", file=sys.stderr)
     else:

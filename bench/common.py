@@ -6,11 +6,61 @@ import os
 import resource
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-__all__ = ["BenchResult", "PeakRSS", "print_results", "stopwatch"]
+import sqlalchemy as sa
+
+from bus.db import Database, normalize_url
+
+__all__ = [
+    "PG_URL",
+    "BenchResult",
+    "PeakRSS",
+    "fresh_database",
+    "postgres_missing",
+    "print_results",
+    "stopwatch",
+]
+
+# The PostgreSQL server benchmarks make their scratch databases on (the tests' variable).
+PG_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
+
+
+def postgres_missing() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it answers."""
+    admin = sa.create_engine(normalize_url(PG_URL))
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.DBAPIError as exc:
+        return f"PostgreSQL not reachable at {PG_URL}: {str(exc.orig).strip().splitlines()[0]}"
+    finally:
+        admin.dispose()
+    return None
+
+
+@contextmanager
+def fresh_database(prefix: str = "bustrail_bench") -> Iterator[Database]:
+    """A new migrated database on the benchmark server, dropped afterwards."""
+    from bus.schema import upgrade
+
+    admin = sa.create_engine(normalize_url(PG_URL), isolation_level="AUTOCOMMIT")
+    name = f"{prefix}_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(normalize_url(PG_URL)).set(database=name)
+    db = Database(url.render_as_string(hide_password=False))
+    try:
+        upgrade(db)
+        yield db
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
 @dataclass
