@@ -132,10 +132,13 @@ def test_metrics_after_a_mixed_workload(tmp_path: Path, pg_url: str) -> None:
             during = asyncio.run(_during_outage(daemon))
             assert during["routes"] == ["fallback"] * N_FALLBACK
             assert during["lost"].data["error_kind"] == "fallback_oversize"
-            # The audit writer notices the outage on its next batch (in the background).
+            # The audit writer notices the outage on its next batch (in the background):
+            # it counts the failed write, then spools the batch, then counts it as spooled.
+            # Wait for the last of the three, else a scrape can fall between them.
             metrics = wait_until(
-                lambda: (s := scrape(daemon.http)).get("bustrail_audit_write_failures_total") and s,
-                "the audit writer to fail a write",
+                lambda: (s := scrape(daemon.http)).get("bustrail_audit_records_spooled_total")
+                and s,
+                "the audit writer to spool a batch it could not write",
             )
             check(metrics)
             proxy.restore()
