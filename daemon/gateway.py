@@ -29,6 +29,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import httpx
 import pydantic
 from mcp import ClientSession, McpError, StdioServerParameters
 from mcp import types as mcp_types
@@ -114,6 +115,40 @@ class _ClientSession(ClientSession):
         super().__init__(*args, **kwargs)
         self._validators: dict[str, tuple[dict[str, Any], Any]] = {}
 
+    async def send_request(self, *args: Any, **kwargs: Any) -> Any:
+        """The SDK's ``send_request``, which tells the upstream when a request is given up.
+
+        The SDK (1.x) stops waiting when its caller is cancelled or times out, but never
+        says so: the upstream would go on running a call nobody waits for (a client's
+        ``notifications/cancelled``, the daemon's per-call timeout, a shutdown). MCP asks
+        the side that gives up to send ``notifications/cancelled``; this sends it."""
+        request_id = self._request_id  # the id the SDK is about to give this request
+        try:
+            return await super().send_request(*args, **kwargs)
+        except asyncio.CancelledError:
+            await self._cancelled(request_id, "the caller cancelled the call")
+            raise
+        except McpError as exc:
+            if exc.error.code == httpx.codes.REQUEST_TIMEOUT:  # the SDK's own read timeout
+                await self._cancelled(request_id, "the call timed out")
+            raise
+
+    async def _cancelled(self, request_id: int, reason: str) -> None:
+        note = mcp_types.ClientNotification(
+            mcp_types.CancelledNotification(
+                params=mcp_types.CancelledNotificationParams(requestId=request_id, reason=reason)
+            )
+        )
+        # Shielded and bounded: we are being cancelled, and a wedged upstream must not
+        # hold the caller up.
+        with anyio.move_on_after(2.0, shield=True):
+            try:
+                await self.send_notification(note)
+            except Exception as exc:  # it is gone: nothing runs there to cancel
+                log.info("upstream: could not send the cancellation of %s: %r", request_id, exc)
+                return
+            log.info("upstream: cancelled request %s (%s)", request_id, reason)
+
     async def _validate_tool_result(self, name: str, result: mcp_types.CallToolResult) -> None:
         schema = self._tool_output_schemas.get(name)
         if schema is None:  # not listed (the SDK refreshes and warns), or no schema
@@ -162,6 +197,7 @@ class Upstream:
         self.max_backoff = max_backoff
         self.session: ClientSession | None = None
         self.tools: list[mcp_types.Tool] = []
+        self.listings = 0  # how many times its tools were listed (restarts, list_changed)
         self.state = "starting"
         self.restarts = 0
         self.last_error: str | None = None
@@ -234,10 +270,20 @@ class Upstream:
             relay_send, relay_read = anyio.create_memory_object_stream[Any](0)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._relay, read, relay_send)
-                async with _ClientSession(relay_read, write) as session:
+
+                async def on_message(message: Any) -> None:
+                    # The upstream's tools changed: list them again, in a task of its
+                    # own (this runs in the session's receive loop, which must go on).
+                    if isinstance(message, mcp_types.ServerNotification) and isinstance(
+                        message.root, mcp_types.ToolListChangedNotification
+                    ):
+                        tg.start_soon(self._relist)
+
+                async with _ClientSession(relay_read, write, message_handler=on_message) as session:
                     await session.initialize()
                     listed = await session.list_tools()
                     self.tools = list(listed.tools)
+                    self.listings += 1
                     self.session = session
                     self.state = "ready"
                     self.ready.set()
@@ -249,6 +295,19 @@ class Upstream:
                 tg.cancel_scope.cancel()
         if not self._stopping:
             self.last_error = self.last_error or "upstream exited"
+
+    async def _relist(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        try:
+            listed = await session.list_tools()
+        except Exception as exc:  # it is going away: the restart lists them again
+            log.warning("= upstream %s: listing its changed tools failed: %r", self.spec.name, exc)
+            return
+        self.tools = list(listed.tools)
+        self.listings += 1
+        log.info("= upstream %s changed its tools: now %d tool(s)", self.spec.name, len(self.tools))
 
     async def _relay(self, source: Any, sink: Any) -> None:
         async with sink:
@@ -330,6 +389,7 @@ class UpstreamTool(Tool):
         )
         self.upstream = upstream
         self.upstream_tool = tool.name
+        self.listing = tool  # as the upstream listed it: a new listing may differ
         self.audit_name = f"{upstream.spec.name}.{tool.name}"
         self.timeout = timeout
 
@@ -358,7 +418,8 @@ class Gateway:
         self.registry = registry
         self.timeout = timeout
         self.upstreams = [Upstream(s, metrics=metrics, telemetry=telemetry) for s in specs]
-        self._seen: set[str] = set()  # NAME.tool of every upstream tool registered
+        self._entries: dict[str, UpstreamTool] = {}  # by NAME.tool: what is registered
+        self._refused: set[str] = set()  # NAME.tool taken by a --tools tool: said once
         self._watcher: asyncio.Task[None] | None = None
 
     async def start(self, wait_seconds: float = 30.0) -> None:
@@ -380,11 +441,28 @@ class Gateway:
         self._watcher = asyncio.create_task(self._keep_registered())
 
     def _register(self) -> None:
+        """Make the registry match what each upstream listed last: new tools added, tools
+        whose listing changed (schema, description) replaced, tools it no longer lists
+        removed (a call to one would only get "unknown tool" from the upstream)."""
         single = len(self.upstreams) == 1
         for upstream in self.upstreams:
-            for tool in upstream.tools:
-                qualified = f"{upstream.spec.name}.{tool.name}"
-                if qualified in self._seen:
+            if upstream.state != "ready":
+                continue  # restarting: keep its tools, their calls say why they fail
+            listed = {f"{upstream.spec.name}.{t.name}": t for t in upstream.tools}
+            for qualified, entry in list(self._entries.items()):
+                if entry.upstream is not upstream:
+                    continue
+                if listed.get(qualified) != entry.listing:
+                    self.registry.remove_external(entry)
+                    del self._entries[qualified]
+                    if qualified not in listed:
+                        log.warning(
+                            "upstream %s: tool %r is no longer listed; removed",
+                            upstream.spec.name,
+                            entry.upstream_tool,
+                        )
+            for qualified, tool in listed.items():
+                if qualified in self._entries or qualified in self._refused:
                     continue
                 exposed = tool.name if single else qualified
                 if self.registry.get(exposed) is not None:
@@ -396,13 +474,16 @@ class Gateway:
                         qualified,
                     )
                     exposed = qualified
+                entry = UpstreamTool(upstream, tool, exposed, self.timeout)
                 try:
-                    self.registry.add_external(UpstreamTool(upstream, tool, exposed, self.timeout))
+                    self.registry.add_external(entry)
                 except ValueError as exc:  # a --tools tool called NAME.tool: leave it out
                     log.error(
                         "upstream %s: tool %r not exposed: %s", upstream.spec.name, tool.name, exc
                     )
-                self._seen.add(qualified)
+                    self._refused.add(qualified)
+                    continue
+                self._entries[qualified] = entry
 
     async def _keep_registered(self) -> None:
         """An upstream that starts late (or comes back with new tools) gets registered."""

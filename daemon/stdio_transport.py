@@ -44,13 +44,18 @@ async def stdio_transport(
 ) -> AsyncIterator[tuple[Any, Any]]:
     """Spawn the server; yield (read_stream, write_stream) for ``ClientSession``."""
     env = {**get_default_environment(), **(server.env or {})}
-    process = await anyio.open_process(
-        [server.command, *server.args],
-        env=env,
-        stderr=errlog,
-        cwd=server.cwd,
-        start_new_session=True,
-    )
+    try:
+        process = await anyio.open_process(
+            [server.command, *server.args],
+            env=env,
+            stderr=errlog,
+            cwd=server.cwd,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # uvloop leaves the name out
+            raise type(exc)(exc.errno, exc.strerror, server.command) from exc
+        raise
     # Made once the process runs: a command that cannot start leaves no stream unclosed.
     read_writer, read_stream = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     write_stream, write_reader = anyio.create_memory_object_stream[SessionMessage](0)

@@ -171,6 +171,11 @@ class ToolRegistry:
             raise ValueError(f"tool {entry.name!r} is registered twice")
         self._tools[entry.name] = entry
 
+    def remove_external(self, entry: Tool) -> None:
+        """Unregister a tool added with ``add_external`` (an upstream no longer lists it)."""
+        if self._tools.get(entry.name) is entry:
+            del self._tools[entry.name]
+
     def load_module(self, import_path: str) -> list[Tool]:
         """Register every ``@tool`` function of a module; ImportError names the path."""
         try:

@@ -9,6 +9,7 @@ and crashes matter, a daemon in this process where spans are collected in memory
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -267,6 +268,56 @@ def test_an_upstream_that_exits_mid_call_fails_that_call_only(tmp_path: Path) ->
             str(daemon.runtime.settings.database_url.get_secret_value()), tool="up.die"
         )
         assert (_status(row), row["error_kind"]) == ("failed", "upstream_crashed")
+
+
+def test_a_call_the_client_cancels_is_cancelled_in_the_upstream_too(tmp_path: Path) -> None:
+    marker = str(tmp_path / "waits")
+    with gateway_daemon(tmp_path, [upstream_spec()]) as daemon:
+
+        async def cancel_mid_call() -> None:
+            async with await Client.connect(daemon.url) as client:
+                running = asyncio.ensure_future(
+                    client.call("waits", {"seconds": 120, "marker": marker})
+                )
+                while not Path(marker + ".started").exists():  # it runs upstream now
+                    assert not running.done(), running
+                    await asyncio.sleep(0.05)
+                running.cancel()  # the client sends notifications/cancelled
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+
+        asyncio.run(cancel_mid_call())
+        wait_until(lambda: Path(marker + ".cancelled").exists(), "the upstream to cancel the call")
+        daemon.runtime.audit.flush()
+        (row,) = audit_rows(
+            str(daemon.runtime.settings.database_url.get_secret_value()), tool="up.waits"
+        )
+        assert (_status(row), row["error_kind"]) == ("failed", "cancelled")
+        # The upstream is still there and answers.
+        assert call(daemon.url, "text", {"size": 10}).inline_bytes() == text_of(10).encode()
+
+
+def test_a_call_that_times_out_is_cancelled_in_the_upstream_too(tmp_path: Path) -> None:
+    marker = str(tmp_path / "waits")
+    with gateway_daemon(tmp_path, [upstream_spec()], bustrail_tool_timeout_seconds=1.0) as daemon:
+        timed_out = call(daemon.url, "waits", {"seconds": 120, "marker": marker})
+        assert timed_out.is_error and "timed out" in timed_out.text, timed_out.text
+        assert Path(marker + ".started").exists()
+        wait_until(lambda: Path(marker + ".cancelled").exists(), "the upstream to cancel the call")
+
+
+def test_tools_the_upstream_adds_or_removes_appear_and_go(tmp_path: Path) -> None:
+    with gateway_daemon(tmp_path, [upstream_spec()]) as daemon:
+        assert "added" not in tool_names(daemon.url)
+        assert texts(call(daemon.url, "grow")) == ["grown"]
+        wait_until(lambda: "added" in tool_names(daemon.url), "the new tool to be listed")
+        assert texts(call(daemon.url, "added")) == ["added"]
+
+        assert texts(call(daemon.url, "shrink")) == ["shrunk"]
+        wait_until(lambda: "added" not in tool_names(daemon.url), "the tool to go")
+        with pytest.raises(RPCError, match="added"):
+            call(daemon.url, "added")
+        assert "text" in tool_names(daemon.url)  # the others stay
 
 
 # -- 3. the detectors see gateway traffic like any other -----------------------------------

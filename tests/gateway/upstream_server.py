@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 
-from mcp.server.fastmcp import FastMCP, Image
+import anyio
+from mcp.server.fastmcp import Context, FastMCP, Image
 
 NAME = sys.argv[1] if len(sys.argv) > 1 and __name__ == "__main__" else "upstream-test"
 STARTED = "upstream test server started"
@@ -65,6 +67,39 @@ def sleepy(seconds: float, pid_file: str) -> str:
     os.replace(pid_file + ".part", pid_file)
     time.sleep(seconds)
     return "slept"
+
+
+@mcp.tool(structured_output=False)
+async def waits(seconds: float, marker: str) -> str:
+    """Touch ``marker.started``, wait; touch ``marker.cancelled`` if cancelled meanwhile."""
+    Path(marker + ".started").touch()
+    try:
+        await anyio.sleep(seconds)
+    except anyio.get_cancelled_exc_class():
+        Path(marker + ".cancelled").touch()
+        raise
+    return "waited"
+
+
+def added() -> str:
+    """A tool that ``grow`` adds."""
+    return "added"
+
+
+@mcp.tool(structured_output=False)
+async def grow(ctx: Context) -> str:  # type: ignore[type-arg]
+    """Add the tool ``added`` and say the tools changed (``notifications/tools/list_changed``)."""
+    mcp.add_tool(added, structured_output=False)
+    await ctx.session.send_tool_list_changed()
+    return "grown"
+
+
+@mcp.tool(structured_output=False)
+async def shrink(ctx: Context) -> str:  # type: ignore[type-arg]
+    """Remove the tool ``added`` and say the tools changed."""
+    mcp.remove_tool("added")
+    await ctx.session.send_tool_list_changed()
+    return "shrunk"
 
 
 @mcp.tool(structured_output=False)
