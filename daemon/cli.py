@@ -301,6 +301,39 @@ def health(
     raise typer.Exit(0 if response.status_code == 200 else 1)
 
 
+@app.command()
+@handles_errors
+def bridge(
+    url: Annotated[
+        str, typer.Argument(envvar="BUSTRAIL_URL", help="The daemon's WebSocket URL.")
+    ] = "ws://127.0.0.1:8765/ws",
+    token: Annotated[str | None, TOKEN_OPTION] = None,
+    wait: Annotated[
+        float,
+        typer.Option(min=0, help="Seconds to wait for the daemon (at start and when lost)."),
+    ] = 30.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "warning",
+) -> None:
+    """Be a stdio MCP server for an agent, relaying to the daemon at URL.
+
+    For agents that only launch stdio servers: register `bustrail bridge URL` as the
+    server's command. Messages go to the daemon verbatim; a lost connection fails the
+    calls in flight and is re-established with the agent's session replayed. Logs go to
+    stderr (stdout is the protocol).
+    """
+    import asyncio
+    import logging
+
+    from daemon.bridge import Bridge
+
+    if log_level.lower() not in ("debug", "info", "warning", "error"):
+        _fail(f"--log-level must be debug, info, warning or error, not {log_level!r}", 2)
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    raise typer.Exit(asyncio.run(Bridge(url, token=token, wait_seconds=wait).run()))
+
+
 # -- the dashboard ----------------------------------------------------------------------
 @app.command()
 @handles_errors
