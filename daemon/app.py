@@ -123,9 +123,8 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             runtime.sessions.discard(session)
             runtime.metrics.connections.dec()
-            log.info(
-                "- session %s closed (%d call(s) in flight)", session.id[:8], len(session.calls())
-            )
+            cancelled = session.close("the client disconnecting")
+            log.info("- session %s closed (%d call(s) cancelled)", session.id[:8], cancelled)
 
     # -- HTTP: tracing -------------------------------------------------------------------
     def traced(route: str, handler: HTTPHandler) -> Callable[[Request], Awaitable[Response]]:

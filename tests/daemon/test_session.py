@@ -711,6 +711,34 @@ def test_our_client_cancels_when_it_gives_up(daemon: ThreadDaemon) -> None:
     wait_until(cancelled, "the call to be cancelled")
 
 
+def test_a_client_that_disconnects_has_its_calls_cancelled_and_audited(
+    daemon: ThreadDaemon,
+) -> None:
+    async def scenario() -> None:
+        async with raw_client(daemon.url) as client:
+            await client.send(
+                _request("slow", "tools/call", {"name": "sleep", "arguments": {"seconds": 120}})
+            )
+            await client.send(
+                _request("quick", "tools/call", {"name": "echo", "arguments": {"text": "x"}})
+            )
+            assert (await client.receive())["id"] == "quick"  # "slow" is running by now
+        # the connection closes here, "slow" still running
+
+    asyncio.run(scenario())
+
+    def cancelled() -> bool:
+        daemon.runtime.audit.flush()
+        rows = audit_rows(database_url(daemon), tool="sleep")
+        return bool(rows) and rows[0]["error_kind"] == "cancelled"
+
+    # Long before the 120 s sleep would end: the call does not outlive its connection.
+    wait_until(cancelled, "the call to be cancelled", timeout=30)
+    (row,) = audit_rows(database_url(daemon), tool="sleep")
+    assert row["status"] == "failed"
+    assert row["error"] == "cancelled by the client disconnecting"
+
+
 def test_a_call_past_the_tool_timeout_is_an_error_result(tmp_path: Path) -> None:
     with thread_daemon(tmp_path, bustrail_tool_timeout_seconds=0.5) as daemon:
 
