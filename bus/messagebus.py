@@ -283,18 +283,23 @@ class MessageBus:
         try:
             return await self._put(ctx, payload)
         except PayloadTooLarge as exc:
-            self._final(
-                ctx,
-                Route.STORE,
-                Status.REJECTED,
-                error_kind="payload_too_large",
-                error=str(exc),
-                size=exc.size,
-            )
+            self.too_large(ctx, exc)
             raise
         except StoreError as exc:
             self.fail(ctx, "store_error", str(exc), route=Route.STORE)
             raise
+
+    def too_large(self, ctx: TransactionContext, exc: PayloadTooLarge) -> None:
+        """Record an upload refused for its size (``rejected``), also when it is refused
+        by its declared length before a byte of it is read."""
+        self._final(
+            ctx,
+            Route.STORE,
+            Status.REJECTED,
+            error_kind="payload_too_large",
+            error=str(exc),
+            size=exc.size,
+        )
 
     async def _put(self, ctx: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
         with self.telemetry.span("bustrail.store.put", **{"bustrail.tenant": ctx.tenant}) as span:

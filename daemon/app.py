@@ -225,8 +225,6 @@ def create_app(runtime: Runtime) -> Starlette:
             return _error(401, "missing or unknown bearer token")
         limit = runtime.settings.max_payload_bytes
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            return _error(413, str(PayloadTooLarge(int(declared), limit)))
         expected = request.headers.get("x-bustrail-checksum", "").removeprefix("sha256:").lower()
         ctx = TransactionContext(
             tenant=tenant,
@@ -235,6 +233,11 @@ def create_app(runtime: Runtime) -> Starlette:
             mime_type=request.headers.get("content-type") or "application/octet-stream",
         )
         ctx.trace_id, ctx.span_id = runtime.telemetry.ids(span)
+        if declared and declared.isdigit() and int(declared) > limit:
+            # Refused before a byte is read, and audited like one refused mid-stream.
+            too_large = PayloadTooLarge(int(declared), limit)
+            runtime.bus.too_large(ctx, too_large)
+            return _error(413, str(too_large))
         pieces: queue.Queue[Any] = queue.Queue(maxsize=8)
 
         def feed() -> Iterator[bytes]:
