@@ -12,6 +12,13 @@ once the database answers again, segments are replayed oldest first and deleted.
 are upserts keyed by id, so a segment replayed twice (a crash between writing and
 deleting it) is harmless. A leftover spool is replayed when the writer starts.
 
+Two failures are not outages, and are not retried as if they were. A record whose
+content the database refuses (a constraint, a value it cannot hold) would block every
+retry behind it: the batch is written in halves down to the single records refused,
+which are set aside in ``spool_dir/rejected.jsonl`` with the database's error, counted
+and logged; the rest is written. A spool whose disk refuses writes (full, read-only)
+keeps the batch in memory, says so, and tries again after ``retry_seconds``.
+
 What a crash can lose: records still in memory, at most ``flush_seconds`` worth (a
 SIGKILL gives no chance to flush). Everything spooled survives. ``close()`` (called on
 SIGTERM) flushes the queue first.
@@ -47,6 +54,7 @@ log = logging.getLogger(__name__)
 TX = "tx"
 BREAKER = "breaker"
 GROUP_BATCHES = 8  # at most this many batch_size's worth in one write (group commit)
+REJECTED_FILE = "rejected.jsonl"  # records the database refused, with its error
 _WRITERS: dict[str, Callable[[Database, list[dict[str, Any]]], int]] = {
     TX: upsert_transactions,
     BREAKER: insert_breaker_events,
@@ -62,6 +70,24 @@ class AuditStats:
     spooled_total: int  # ever sent to the spool
     write_failures_total: int  # batches the database refused
     database_up: bool
+    rejected_total: int = 0  # records the database refused for their content: set aside
+    spool_writable: bool = True  # False while the spool's disk refuses writes
+
+
+def _refused_rows(exc: BaseException) -> bool:
+    """True when the database (or its driver) refused the rows themselves: a constraint,
+    a value it cannot hold. Writing them again cannot help. An outage, a lock, a missing
+    table (an upgrade may come) can: those are retried, spooled meanwhile."""
+    if not isinstance(exc, StoreError):
+        # The driver refused a value before sending it (sqlite3: an int over 64 bits).
+        return isinstance(exc, ValueError | TypeError | OverflowError)
+    cause = exc.__cause__
+    for error in (cause, getattr(cause, "orig", None)):
+        if error is not None and any(
+            k.__name__ in ("IntegrityError", "DataError") for k in type(error).__mro__
+        ):
+            return True
+    return False
 
 
 # -- the spool -------------------------------------------------------------------------
@@ -115,7 +141,8 @@ class Spool:
         tmp = self.directory / (name + ".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             for kind, row in batch:
-                f.write(json.dumps({"k": kind, "r": {k: _encode(v) for k, v in row.items()}}))
+                record = {"k": kind, "r": {k: _encode(v) for k, v in row.items()}}
+                f.write(json.dumps(record, default=str))  # never refuse a record for a type
                 f.write("\n")
             f.flush()
             os.fsync(f.fileno())
@@ -187,6 +214,8 @@ class AuditWriter:
         self._failures = 0
         self._database_up = True
         self._next_retry = 0.0
+        self._rejected = 0
+        self._spool_error: str | None = None  # why the spool's disk refused, while it does
 
     # -- producer side --------------------------------------------------------------------
     def submit(self, row: Mapping[str, Any]) -> None:
@@ -247,6 +276,16 @@ class AuditWriter:
             self._queue.clear()
         if leftover:
             self._to_spool(leftover)
+        with self._cond:
+            lost = len(self._queue)
+            self._queue.clear()
+        if lost:
+            log.error(
+                "audit: %d record(s) lost at close: the database did not answer and the spool "
+                "could not be written (%s)",
+                lost,
+                self._spool_error,
+            )
         if self.spool.depth:
             # One last try, retry delay or not: a daemon stopped just after the database
             # came back would otherwise leave its records on a disk that may not survive it.
@@ -273,6 +312,8 @@ class AuditWriter:
             spooled_total=self._spooled_total,
             write_failures_total=self._failures,
             database_up=self._database_up,
+            rejected_total=self._rejected,
+            spool_writable=self._spool_error is None,
         )
 
     # -- the thread -----------------------------------------------------------------------
@@ -331,7 +372,11 @@ class AuditWriter:
                 rows = [row for k, row in batch if k == kind]
                 if rows:
                     _WRITERS[kind](self.db, rows)
-        except StoreError as exc:
+        except Exception as exc:
+            if _refused_rows(exc):
+                return self._write_apart(batch, exc)
+            if not isinstance(exc, StoreError):
+                raise
             self._failures += 1
             if self._database_up:
                 log.warning(
@@ -346,10 +391,65 @@ class AuditWriter:
         self._written += len(batch)
         return True
 
+    def _write_apart(self, batch: list[tuple[str, dict[str, Any]]], exc: Exception) -> bool:
+        """The database refused some record of ``batch`` itself: write it in halves, down
+        to the single records it refuses, which are set aside. False on an outage."""
+        if len(batch) == 1:
+            self._set_aside(batch[0], exc)
+            return True
+        middle = len(batch) // 2
+        # Upserts by id: a half written again after an outage is harmless.
+        return self._write(batch[:middle]) and self._write(batch[middle:])
+
+    def _set_aside(self, item: tuple[str, dict[str, Any]], exc: Exception) -> None:
+        kind, row = item
+        self._rejected += 1
+        path = self.spool.directory / REJECTED_FILE
+        line = {"k": kind, "r": {k: _encode(v) for k, v in row.items()}, "error": str(exc)}
+        try:
+            with open(path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(line, default=str) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as disk:
+            log.error("audit: record refused by the database (%s) and not set aside (%s): %s",
+                      exc, disk, line)  # fmt: skip
+            return
+        log.error(
+            "audit: the database refused %s record %s (%s); set aside in %s",
+            kind,
+            row.get("id"),
+            exc,
+            path,
+        )
+
     def _to_spool(self, batch: list[tuple[str, dict[str, Any]]]) -> None:
+        """Spool ``batch``; when the disk refuses, keep it in memory (at the head of the
+        queue, in order) and wait ``retry_seconds`` before the writer tries again."""
         if not batch:
             return  # an idle tick while the database is away: no empty segment
-        self.spool.append(batch)
+        try:
+            self.spool.append(batch)
+        except OSError as exc:
+            if self._spool_error is None:
+                log.error(
+                    "audit: cannot write the spool in %s (%s); holding %d record(s) in memory "
+                    "until the database or the disk answers again",
+                    self.spool.directory,
+                    exc,
+                    len(batch),
+                )
+            self._spool_error = str(exc)
+            with self._cond:
+                self._queue.extendleft(reversed(batch))
+                self._busy = 0  # back in the queue: counted there, not twice
+                if self._closing:
+                    return
+                self._cond.wait(self.retry_seconds)
+            return
+        if self._spool_error is not None:
+            log.warning("audit: the spool in %s is writable again", self.spool.directory)
+            self._spool_error = None
         self._spooled_total += len(batch)
 
     def _replay(self) -> bool:

@@ -307,6 +307,17 @@ class _LiveCollector(Collector):
                 "1 when the audit writer's last write reached the database.",
                 1 if stats.database_up else 0,
             ),
+            CounterMetricFamily(
+                "bustrail_audit_records_rejected",
+                "Audit records the database refused for their content, set aside in the "
+                "spool directory's rejected.jsonl.",
+                stats.rejected_total,
+            ),
+            GaugeMetricFamily(
+                "bustrail_audit_spool_writable",
+                "0 while the spool's disk refuses writes (records are held in memory).",
+                1 if stats.spool_writable else 0,
+            ),
         ]
 
     def _breakers(self) -> list[Metric]:

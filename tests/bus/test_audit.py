@@ -527,3 +527,65 @@ def test_a_statement_the_server_cancels_counts_as_a_failed_write(
     finally:
         db.dispose()
         admin.dispose()
+
+
+# -- records the database refuses; a spool that cannot be written ------------------------
+def test_a_record_the_database_refuses_is_set_aside_and_the_rest_written(
+    db: Database, writers: Callable[..., AuditWriter], tmp_path: Path
+) -> None:
+    writer = writers(db, batch_size=1000, flush_seconds=3600)
+    good = [tx_row(Status.DELIVERED) for _ in range(15)]
+    poison = tx_row(Status.DELIVERED, size=2**70)  # no database column holds it
+    for row in [*good[:10], poison, *good[10:]]:
+        writer.submit(row)
+    drain(writer)
+
+    assert set(stored(db)) == {row["id"] for row in good}
+    stats = writer.stats()
+    assert (stats.rejected_total, stats.spooled, stats.queued) == (1, 0, 0)
+    assert stats.written_total == 15 and stats.database_up
+    (line,) = (tmp_path / "spool" / "rejected.jsonl").read_text().splitlines()
+    set_aside = json.loads(line)
+    assert set_aside["k"] == "tx" and set_aside["r"]["id"] == str(poison["id"])
+    assert set_aside["r"]["size"] == 2**70
+    assert set_aside["error"]  # the database's (or its driver's) own words
+
+    # The writer goes on: nothing blocks behind the refused record.
+    after = tx_row(Status.DELIVERED)
+    writer.submit(after)
+    drain(writer)
+    assert after["id"] in stored(db)
+
+
+@pytest.mark.postgres
+def test_a_spool_that_cannot_be_written_holds_the_records_and_loses_none(
+    proxied_db: Database,
+    direct_db: Database,
+    proxy: TCPProxy,
+    writers: Callable[..., AuditWriter],
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool"
+    writer = writers(proxied_db, spool=spool, batch_size=1000, flush_seconds=0.05,
+                     retry_seconds=0.05)  # fmt: skip
+    proxy.cut()
+    # The disk refuses too: where the spool was there is now a file (root ignores
+    # permissions, so a read-only directory would not do).
+    shutil.rmtree(spool)
+    spool.write_text("not a directory")
+    rows = [tx_row(Status.DELIVERED) for _ in range(6)]
+    for row in rows:
+        writer.submit(row)
+    wait_until(lambda: not writer.stats().spool_writable, "the spool write to fail")
+    stats = writer.stats()
+    assert stats.queued == 6 and stats.spooled == 0 and not stats.database_up
+    assert not writer.flush(0.3)  # not written, not spooled: flush says so
+
+    spool.unlink()
+    spool.mkdir()
+    wait_until(lambda: writer.stats().spooled == 6, "the held records to reach the spool")
+    assert writer.stats().spool_writable and writer.stats().queued == 0
+
+    proxy.restore()
+    drain(writer)
+    assert set(stored(direct_db)) == {row["id"] for row in rows}
