@@ -493,6 +493,16 @@ def analyze(
         bool,
         typer.Option("--record", help="Write the run to the debt ledger and say what changed."),
     ] = False,
+    truth: Annotated[
+        str | None,
+        typer.Option(
+            "--truth",
+            metavar="FILE",
+            help="Score the detectors against the ground truth `bustrail load --truth FILE` "
+            "wrote: its window and parameters replace --since; every injected fault found "
+            "or not is listed, and the exit code is 1 when one was missed.",
+        ),
+    ] = None,
 ) -> None:
     import json
 
@@ -504,9 +514,13 @@ def analyze(
     except DurationError as exc:
         _fail(f"invalid --since: {exc}", 2)
         return
+    ground = _ground_truth(truth) if truth is not None else None
     db = _analysis_database()
     try:
-        result = run_detectors(db, window)
+        if ground is not None:
+            result = run_detectors(db, ground.since, None, ground.detector_params())
+        else:
+            result = run_detectors(db, window)
         change = None
         if record:
             from analysis.ledger import record as record_run
@@ -514,18 +528,76 @@ def analyze(
             change = record_run(db, result)
     finally:
         db.dispose()
+    score = _score(ground, result) if ground is not None else None
+    missed = any(s["missed"] for s in (score or {}).values())
     if as_json:
         payload = result.to_dict()
         if change is not None:
             payload["ledger"] = change.to_dict()
+        if score is not None:
+            payload["truth"] = score
         typer.echo(json.dumps(payload))
-        return
+        raise typer.Exit(1 if missed else 0)
     from analysis.report import print_findings, print_ledger_change
 
     console = _console()
     print_findings(console, result)
     if change is not None:
         print_ledger_change(console, change)
+    if score is not None:
+        _print_score(console, score)
+    raise typer.Exit(1 if missed else 0)
+
+
+def _ground_truth(path: str) -> Any:
+    """The ground truth of ``bustrail load --truth``; exit 2 when unreadable, and 1 when
+    its graces have not passed yet (the orphans would not be orphans yet)."""
+    from pathlib import Path
+
+    from analysis.workload import GroundTruth
+    from bus.db import utcnow
+
+    try:
+        ground = GroundTruth.read(Path(path))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        _fail(f"--truth {path}: not a ground truth written by `bustrail load --truth` ({exc})", 2)
+    wait = (ground.ready_at - utcnow()).total_seconds()
+    if wait > 0:
+        _fail(
+            f"--truth {path}: the workload's graces end at {ground.ready_at:%H:%M:%S} UTC; "
+            f"analyse in {wait:.0f}s (before then its orphans are not orphans yet)",
+            1,
+        )
+    return ground
+
+
+def _score(ground: Any, result: Any) -> dict[str, dict[str, Any]]:
+    """For each kind with injected faults: how many, how many found, the ids missed."""
+    score = {}
+    for kind, ids in sorted(ground.truth.items()):
+        if not ids:
+            continue
+        found = result.transaction_ids(kind)
+        missed = sorted(set(ids) - found)
+        score[kind] = {"injected": len(ids), "found": len(ids) - len(missed), "missed": missed}
+    return score
+
+
+def _print_score(console: Any, score: dict[str, dict[str, Any]]) -> None:
+    from rich.table import Table
+
+    table = Table(title="Injected faults (--truth)", title_justify="left")
+    for column in ("kind", "injected", "found", "missed"):
+        table.add_column(column, no_wrap=column == "kind")
+    for kind, s in score.items():
+        missed = ", ".join(s["missed"]) or "-"
+        table.add_row(kind, str(s["injected"]), str(s["found"]), missed)
+    console.print(table)
+    lost = sum(len(s["missed"]) for s in score.values())
+    if lost:
+        console.print(f"[red]{lost} injected fault(s) missed.[/red]")
+    else:
+        console.print(f"Every injected fault was found ({len(score)} kinds).")
 
 
 @debt_app.command("list", epilog=_EXIT_CODES)

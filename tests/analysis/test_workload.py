@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from analysis.workload import (
     parse_faults,
     run_workload,
 )
-from bus.db import Database
+from bus.db import Database, utcnow
 from bus.records import transactions
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,6 +161,34 @@ def test_load_runs_a_workload_shows_progress_and_writes_the_ground_truth(tmp_pat
     stored = [r for r in rows.values() if r["route"] == "store" and r["direction"] == "result"]
     assert {r["status"] for r in stored} == {"stored", "fetched"}
     assert sum(r["fetch_count"] == 0 for r in stored) == 2  # the orphans, and only them
+
+    # `bustrail analyze --truth` scores the detectors against it: every fault found.
+    wait = (truth.ready_at - utcnow()).total_seconds()
+    if wait > 0:
+        early = _bustrail("analyze", "--truth", str(truth_file), cwd=tmp_path, database_url=url)
+        assert early.returncode == 1 and "graces end at" in early.stderr, early.stderr
+        time.sleep(wait)
+    scored = _bustrail(
+        "analyze", "--truth", str(truth_file), "--json", cwd=tmp_path, database_url=url
+    )
+    assert scored.returncode == 0, scored.stderr
+    score = json.loads(scored.stdout)["truth"]
+    assert {kind: (s["injected"], s["found"], s["missed"]) for kind, s in score.items()} == {
+        kind: (n, n, []) for kind, n in injected.items()
+    }
+    table = _bustrail("analyze", "--truth", str(truth_file), cwd=tmp_path, database_url=url)
+    assert table.returncode == 0 and "Every injected fault was found (4 kinds)." in table.stdout
+
+    # Faults the detectors cannot have found (ids that are not there): exit 1, named.
+    doc["truth"]["checksum_mismatch"] = ["00000000-0000-7000-8000-000000000000"]
+    truth_file.write_text(json.dumps(doc))
+    missed = _bustrail("analyze", "--truth", str(truth_file), cwd=tmp_path, database_url=url)
+    assert missed.returncode == 1
+    assert "00000000-0000-7000-8000-000000000000" in missed.stdout
+    assert "1 injected fault(s) missed." in missed.stdout
+
+    bad = _bustrail("analyze", "--truth", str(tmp_path), cwd=tmp_path, database_url=url)
+    assert bad.returncode == 2 and "not a ground truth" in bad.stderr
 
 
 def test_a_bad_faults_spec_is_one_clear_error_and_starts_nothing(tmp_path: Path) -> None:
