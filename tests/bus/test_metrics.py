@@ -113,6 +113,8 @@ def test_every_metric_is_named_by_prometheus_conventions() -> None:
         "bustrail_audit_records_spooled": "counter",
         "bustrail_audit_write_failures": "counter",
         "bustrail_audit_database_up": "gauge",
+        "bustrail_audit_records_rejected": "counter",
+        "bustrail_audit_spool_writable": "gauge",
         "bustrail_breaker_state": "gauge",
         "bustrail_breaker_failure_rate": "gauge",
         "bustrail_findings_open": "gauge",
@@ -233,8 +235,12 @@ def test_audit_values_are_read_at_scrape_time() -> None:
         spooled_total=130,
         write_failures_total=4,
         database_up=False,
+        rejected_total=2,
+        spool_writable=False,
     )
     samples = scrape(metrics)
+    assert value(samples, "bustrail_audit_records_rejected_total") == 2
+    assert value(samples, "bustrail_audit_spool_writable") == 0
     assert value(samples, "bustrail_audit_spool_records") == 120
     assert value(samples, "bustrail_audit_records_written_total") == 40
     assert value(samples, "bustrail_audit_records_spooled_total") == 130
