@@ -98,10 +98,11 @@ def current_version(db: Database) -> int:
     return int(value or 0)
 
 
-def upgrade(db: Database) -> UpgradeResult:
-    """Apply what is missing; return the versions before and after."""
+def upgrade(db: Database, *, target: int | None = None) -> UpgradeResult:
+    """Apply what is missing (up to version ``target``, default: all); return the
+    versions before and after."""
     before = current_version(db)
-    wanted = migrations()
+    wanted = [m for m in migrations() if target is None or m.version <= target]
     applied: list[int] = []
     if db.is_postgres:
         with db.begin() as conn:

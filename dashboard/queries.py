@@ -9,9 +9,10 @@ also types the id column alike on both backends.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,9 @@ from typing import Any, Literal
 import pandas as pd
 import sqlalchemy as sa
 
-from bus.db import Database, created_at_of, normalize_url
+from bus.db import Database, created_at_of, normalize_url, translate_errors
 from bus.records import TRANSACTION_COLUMNS, archive, transactions
+from dashboard import rollup
 from dashboard.namedsql import query
 
 __all__ = [
@@ -41,6 +43,7 @@ __all__ = [
     "find_transaction",
     "overview",
     "parse_transaction_id",
+    "reading",
     "run",
     "search_transactions",
     "transactions_by_ids",
@@ -69,12 +72,34 @@ def run(db: Database, name: str, **params: Any) -> pd.DataFrame:
     """Run the named query for this database's dialect; its rows as a DataFrame."""
     with db.begin() as conn:
         if db.is_postgres:
-            # Aggregates over a few hundred thousand rows: compiling them (JIT) costs
-            # more than it saves, and sorts should stay in memory.
-            conn.execute(sa.text("SET LOCAL jit = off"))
-            conn.execute(sa.text("SET LOCAL work_mem = '32MB'"))
-        result = conn.execute(bind(query(name, db.dialect_name), params), params)
-        return pd.DataFrame(result.all(), columns=list(result.keys()))
+            _tune(conn)
+        return _frame(conn, db.dialect_name, name, params)
+
+
+def _tune(conn: sa.Connection) -> None:
+    # Aggregates over a few hundred thousand rows: compiling them (JIT) costs more than
+    # it saves, and sorts should stay in memory. Plans are made for the parameters at
+    # hand (a rank walk's LIMIT decides its plan), never generic ones.
+    conn.execute(sa.text("SET LOCAL jit = off"))
+    conn.execute(sa.text("SET LOCAL work_mem = '32MB'"))
+    conn.execute(sa.text("SET LOCAL plan_cache_mode = force_custom_plan"))
+
+
+def _frame(conn: sa.Connection, dialect: str, name: str, params: Mapping[str, Any]) -> pd.DataFrame:
+    result = conn.execute(bind(query(name, dialect), params), params)
+    return pd.DataFrame(result.all(), columns=list(result.keys()))
+
+
+@contextlib.contextmanager
+def reading(db: Database) -> Iterator[sa.Connection]:
+    """One read-only database transaction in which every query sees the same snapshot
+    (REPEATABLE READ on PostgreSQL), so that the figures of a page agree with each other:
+    a percentile's rank is counted by one query and read by another."""
+    with translate_errors(), db.engine.connect() as conn, conn.begin():
+        if db.is_postgres:
+            conn.execute(sa.text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            _tune(conn)
+        yield conn
 
 
 def _timestamps(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -147,32 +172,115 @@ class Overview:
 def overview(
     db: Database, start: datetime, end: datetime, bucket_seconds: int, *, top: int = 15
 ) -> Overview:
+    """The Overview's exact figures for [start, end): on PostgreSQL from the hourly
+    rollup and the edges' rows, percentiles read by rank (see ``dashboard.rollup``); on
+    SQLite from the rows."""
     window = {"start": _utc(start), "end": _utc(end)}
-    volume = run(db, "overview_volume", bucket=bucket_seconds, **window)
+    with reading(db) as conn:
+        if db.is_postgres:
+            volume, errors, tools, tenants, latency = _postgres_overview(
+                conn, window, bucket_seconds, top
+            )
+            capped = False
+        else:
+            volume = _frame(conn, "sqlite", "overview_volume", {"bucket": bucket_seconds, **window})
+            ranked = {"limit": top, **window}
+            errors = _frame(conn, "sqlite", "overview_errors", ranked)
+            tools = _frame(conn, "sqlite", "overview_tools", ranked)
+            tenants = _frame(conn, "sqlite", "overview_tenants", ranked)
+            latency, capped = _sqlite_latency(conn, window)
     volume["bucket"] = pd.to_datetime(volume["bucket"].astype("int64"), unit="s", utc=True)
     volume = _integers(volume, "transactions", "bytes", "stored_bytes")
-    totals = _totals(volume)
-    latency, capped = _latency(db, window)
-    errors = _integers(run(db, "overview_errors", limit=top, **window), "transactions", "failed")
-    tools = _integers(
-        run(db, "overview_tools", limit=top, **window), "transactions", "failed", "bytes"
-    )
     tools["mean_tool_ms"] = tools["mean_tool_ms"].astype("float64")
-    tenants = _integers(
-        run(db, "overview_tenants", limit=top, **window), "transactions", "failed", "bytes"
-    )
     return Overview(
         start=window["start"],
         end=window["end"],
         bucket_seconds=bucket_seconds,
-        volume=volume,
-        totals=totals,
+        volume=volume.reset_index(drop=True),
+        totals=_totals(volume),
         latency=latency,
         latency_capped=capped,
-        errors=errors,
-        tools=tools,
-        tenants=tenants,
+        errors=_integers(errors, "transactions", "failed").reset_index(drop=True),
+        tools=_integers(tools, "transactions", "failed", "bytes").reset_index(drop=True),
+        tenants=_integers(tenants, "transactions", "failed", "bytes").reset_index(drop=True),
     )
+
+
+def _postgres_overview(
+    conn: sa.Connection, window: dict[str, datetime], bucket_seconds: int, top: int
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    first, last = rollup.whole_hours(window["start"], window["end"])
+    summary = _integers(
+        _frame(
+            conn,
+            "postgresql",
+            "overview_summary",
+            {"hours_start": first, "hours_end": last, "limit": top, **window},
+        ),
+        *("hour", "transactions", "failed", "bytes", "stored_bytes", "tool_n", "store_n"),
+    )
+
+    def part(name: str, *columns: str) -> pd.DataFrame:
+        rows = summary.loc[summary["part"] == name]
+        return rows.rename(columns={"label": name})[list(columns)].reset_index(drop=True)
+
+    if rollup.hourly_buckets(bucket_seconds):
+        hourly = part("volume", "hour", "route", "status", "transactions", "bytes", "stored_bytes")
+        volume = rollup.rebucket(hourly, bucket_seconds)
+    else:  # buckets inside an hour: the rows themselves
+        volume = _frame(conn, "postgresql", "overview_volume", {"bucket": bucket_seconds, **window})
+    errors = part("error_kind", "error_kind", "transactions", "failed")
+    tools = part("tool", "tool", "transactions", "failed", "bytes", "tool_ms_sum", "tool_n")
+    sums = tools.pop("tool_ms_sum").astype("float64")
+    counts = tools.pop("tool_n").astype("float64")
+    tools["mean_tool_ms"] = (sums / counts).where(counts > 0)
+    tenants = part("tenant", "tenant", "transactions", "failed", "bytes")
+
+    total = summary.loc[summary["part"] == "total"].iloc[0]
+    counts_by = {column: int(total[f"{column.split('_')[0]}_n"]) for column in LATENCIES}
+    latency = _postgres_latency(conn, window, counts_by, int(total["transactions"]))
+    return volume, errors, tools, tenants, latency
+
+
+LATENCIES = ("tool_ms", "store_ms")
+
+
+def _latency_frame(values: dict[str, list[float | None]], counts: dict[str, int]) -> pd.DataFrame:
+    labels = [f"p{round(p * 100)}" for p in PERCENTILES]
+    frame = pd.DataFrame.from_dict(values, orient="index", columns=labels)
+    frame.insert(0, "n", pd.Series(counts))
+    frame.index.name = "latency"
+    return frame
+
+
+def _postgres_latency(
+    conn: sa.Connection, window: dict[str, datetime], counts: dict[str, int], in_range: int
+) -> pd.DataFrame:
+    """Exact percentile_cont values: by rank through the value indexes, or by sorting
+    the range's rows when the range is too narrow a share of the table for walks to pay."""
+    reads = {
+        column: [rollup.RankRead(p, n) for p in PERCENTILES] if n else []
+        for column, n in counts.items()
+    }
+    values: dict[str, list[float | None]] = {column: [None] * len(PERCENTILES) for column in counts}
+    every = [read for column_reads in reads.values() for read in column_reads]
+    if not every:
+        return _latency_frame(values, counts)
+    estimate = conn.execute(sa.text(query("overview_rows_estimate", "postgresql"))).scalar_one()
+    if rollup.walking_is_cheaper(every, in_range, float(estimate)):
+        for column, column_reads in reads.items():
+            for i, read in enumerate(column_reads):
+                name = f"overview_{column}_rank_{'down' if read.descending else 'up'}"
+                params = {"offset": read.offset, "take": read.take, **window}
+                walked = conn.execute(bind(query(name, "postgresql"), params), params).scalars()
+                values[column][i] = read.value([float(v) for v in walked])
+        return _latency_frame(values, counts)
+    row = _frame(conn, "postgresql", "overview_latency", window).iloc[0]
+    for column in counts:
+        found = row[column]
+        if found is not None:
+            values[column] = [float(v) for v in found]
+    return _latency_frame(values, counts)
 
 
 INLINE_ROUTES = ("inline", "fallback")
@@ -195,33 +303,23 @@ def _totals(volume: pd.DataFrame) -> dict[str, int]:
     }
 
 
-def _latency(db: Database, window: dict[str, datetime]) -> tuple[pd.DataFrame, bool]:
-    labels = [f"p{round(p * 100)}" for p in PERCENTILES]
-    rows: dict[str, list[float | None]] = {}
+def _sqlite_latency(conn: sa.Connection, window: dict[str, datetime]) -> tuple[pd.DataFrame, bool]:
+    """SQLite has no percentile aggregate: pandas interpolates over the newest latencies."""
+    sample = _frame(
+        conn, "sqlite", "overview_latency_sample", {"cap": LATENCY_SAMPLE_CAP, **window}
+    )
+    values: dict[str, list[float | None]] = {}
     counts: dict[str, int] = {}
-    capped = False
-    if db.is_postgres:
-        row = run(db, "overview_latency", **window).iloc[0]
-        for column in ("tool_ms", "store_ms"):
-            counts[column] = int(row[f"{column.split('_')[0]}_n"])
-            values = row[column]
-            rows[column] = [float(v) for v in values] if values is not None else [None] * 3
-    else:
-        sample = run(db, "overview_latency_sample", cap=LATENCY_SAMPLE_CAP, **window)
-        capped = len(sample) >= LATENCY_SAMPLE_CAP
-        for column in ("tool_ms", "store_ms"):
-            values = pd.to_numeric(sample[column], errors="coerce").dropna()
-            counts[column] = len(values)
-            # Linear interpolation between closest ranks: what percentile_cont computes.
-            rows[column] = (
-                [float(values.quantile(p, interpolation="linear")) for p in PERCENTILES]
-                if len(values)
-                else [None] * 3
-            )
-    frame = pd.DataFrame.from_dict(rows, orient="index", columns=labels)
-    frame.insert(0, "n", pd.Series(counts))
-    frame.index.name = "latency"
-    return frame, capped
+    for column in LATENCIES:
+        found = pd.to_numeric(sample[column], errors="coerce").dropna()
+        counts[column] = len(found)
+        # Linear interpolation between closest ranks: what percentile_cont computes.
+        values[column] = (
+            [float(found.quantile(p, interpolation="linear")) for p in PERCENTILES]
+            if len(found)
+            else [None] * len(PERCENTILES)
+        )
+    return _latency_frame(values, counts), len(sample) >= LATENCY_SAMPLE_CAP
 
 
 # -- Transactions ----------------------------------------------------------------------------

@@ -54,6 +54,16 @@ SA_FAMILY = {
 }
 
 
+# The hourly rollup: kept from the rows by triggers, on PostgreSQL only (no model).
+POSTGRES_ONLY = {
+    "transactions_hourly",
+    "transactions_hourly_tools",
+    "transactions_hourly_errors",
+    "transactions_hourly_pending",
+    "transactions_hourly_flush",
+}
+
+
 def _model_columns() -> dict[str, dict[str, tuple[bool, str]]]:
     dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
     tables: dict[str, dict[str, tuple[bool, str]]] = {}
@@ -125,7 +135,8 @@ def test_models_and_postgres_schema_agree_column_by_column(pg_url: str) -> None:
         db.dispose()
     model = _model_columns()
 
-    assert set(pg) == set(model), "tables in one and not the other"
+    assert set(pg) >= POSTGRES_ONLY
+    assert set(pg) - POSTGRES_ONLY == set(model), "tables in one and not the other"
     problems = []
     for table in sorted(model):
         for column in sorted(set(model[table]) | set(pg[table])):
@@ -138,7 +149,7 @@ def test_models_and_postgres_schema_agree_column_by_column(pg_url: str) -> None:
     model_keys = {
         t.name: {c.name for c in t.primary_key.columns} for t in SQLModel.metadata.sorted_tables
     }
-    assert pg_keys == model_keys
+    assert {t: keys for t, keys in pg_keys.items() if t not in POSTGRES_ONLY} == model_keys
 
 
 @pytest.mark.postgres
