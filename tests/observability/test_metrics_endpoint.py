@@ -136,8 +136,9 @@ def test_metrics_after_a_mixed_workload(tmp_path: Path, pg_url: str) -> None:
             # it counts the failed write, then spools the batch, then counts it as spooled.
             # Wait for the last of the three, else a scrape can fall between them.
             metrics = wait_until(
-                lambda: (s := scrape(daemon.http)).get("bustrail_audit_records_spooled_total")
-                and s,
+                lambda: (
+                    (s := scrape(daemon.http)).get("bustrail_audit_records_spooled_total") and s
+                ),
                 "the audit writer to spool a batch it could not write",
             )
             check(metrics)
