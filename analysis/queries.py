@@ -1,8 +1,5 @@
-"""Named SQL: the analysis queries live in ``analysis/sql/*.sql``; Python uses their names.
-
-A file holds blocks, each opened by a line ``-- name: NAME``. A block named
-``NAME@postgresql`` or ``NAME@sqlite`` is that dialect's variant of ``NAME`` and is
-preferred over a plain ``NAME`` on that dialect.
+"""Named SQL: the analysis queries live in ``analysis/sql/*.sql`` (blocks opened by
+``-- name: NAME``, see :mod:`bus.namedsql`); Python uses their names.
 
 :func:`read_frame` runs one block and hands back a DataFrame. Parameters are bound with
 their types declared (timestamps as UTC ``DateTime``, lists expanded into ``IN (...)``),
@@ -11,7 +8,6 @@ so SQLite compares timestamps in the exact text form bustrail stores them in.
 
 from __future__ import annotations
 
-import functools
 import re
 import uuid
 from collections.abc import Mapping
@@ -22,6 +18,8 @@ from typing import Any
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from bus.namedsql import NamedSQL, parse_blocks
 
 __all__ = [
     "canonical_id",
@@ -34,58 +32,17 @@ __all__ = [
 ]
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"
-_HEADER = re.compile(r"^--\s*name:\s*([a-z0-9_]+(?:@(?:postgresql|sqlite))?)\s*$")
-_DIALECTS = ("postgresql", "sqlite")
+_SQL = NamedSQL(SQL_DIR)
 
 
-def parse_blocks(text: str, source: str = "<sql>") -> dict[str, str]:
-    """``{name: sql}`` for every ``-- name: NAME`` block in ``text``."""
-    blocks: dict[str, list[str]] = {}
-    current: list[str] | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        stripped = line.strip()
-        match = _HEADER.match(stripped)
-        if match:
-            name = match[1]
-            if name in blocks:
-                raise ValueError(f"{source}:{number}: query {name!r} is defined twice")
-            current = blocks[name] = []
-        elif stripped.startswith("-- name") or stripped.startswith("--name"):
-            raise ValueError(f"{source}:{number}: malformed query header {stripped!r}")
-        elif current is not None:
-            current.append(line)
-    result = {}
-    for name, lines in blocks.items():
-        # Comment lines stay in the file: a `:name` in one would read as a parameter.
-        code = [line for line in lines if not line.strip().startswith("--")]
-        sql = "\n".join(code).strip().rstrip(";").strip()
-        if not sql:
-            raise ValueError(f"{source}: query {name!r} is empty")
-        result[name] = sql
-    return result
-
-
-@functools.cache
 def queries() -> dict[str, str]:
     """Every block of every file in ``analysis/sql``."""
-    found: dict[str, str] = {}
-    for path in sorted(SQL_DIR.glob("*.sql")):
-        for name, sql in parse_blocks(path.read_text(encoding="utf-8"), path.name).items():
-            if name in found:
-                raise ValueError(f"{path.name}: query {name!r} is defined in another file too")
-            found[name] = sql
-    return found
+    return _SQL.blocks
 
 
 def query(name: str, dialect: str) -> str:
     """The SQL of ``name`` for ``dialect`` (``postgresql`` or ``sqlite``)."""
-    if dialect not in _DIALECTS:
-        raise ValueError(f"unknown dialect {dialect!r}: expected one of {_DIALECTS}")
-    known = queries()
-    for key in (f"{name}@{dialect}", name):
-        if key in known:
-            return known[key]
-    raise KeyError(f"no query named {name!r} for {dialect} in {SQL_DIR}")
+    return _SQL.query(name, dialect)
 
 
 def _bind(name: str, value: Any) -> sa.BindParameter[Any]:

@@ -22,9 +22,9 @@ import pandas as pd
 import sqlalchemy as sa
 
 from bus.db import Database, created_at_of, normalize_url, translate_errors
+from bus.namedsql import NamedSQL
 from bus.records import TRANSACTION_COLUMNS, archive, transactions
 from dashboard import rollup
-from dashboard.namedsql import query
 
 __all__ = [
     "LATENCY_SAMPLE_CAP",
@@ -53,6 +53,8 @@ PERCENTILES = (0.5, 0.95, 0.99)
 LATENCY_SAMPLE_CAP = 200_000  # SQLite only: the newest latencies percentiles are taken over
 FAILED_STATUSES = ("failed", "rejected", "corrupted")
 DatabaseState = Literal["ok", "missing", "no_schema", "empty"]
+SQL = NamedSQL(Path(__file__).resolve().parent / "sql")  # the page's queries, by name
+query = SQL.query
 
 
 # -- running named queries ----------------------------------------------------------------

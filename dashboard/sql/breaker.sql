@@ -1,7 +1,7 @@
 -- The Circuit breaker page. A breaker is one (breaker, daemon_id): every daemon keeps
 -- its own. Parameters: :start, :end (timestamps), :limit (rows).
 
--- breaker_events --
+-- name: breaker_events
 -- The transitions inside the range, oldest first.
 SELECT at, breaker, daemon_id, from_state, to_state, reason, failure_rate,
        consecutive_failures
@@ -10,7 +10,7 @@ WHERE at >= :start AND at < :end
 ORDER BY at
 LIMIT :limit
 
--- breaker_state_before --
+-- name: breaker_state_before
 -- Each breaker's state when the range starts: the target of its last earlier event.
 SELECT e.breaker, e.daemon_id, e.to_state, e.at
 FROM breaker_events e
@@ -22,7 +22,7 @@ JOIN (
 ) last
   ON e.breaker = last.breaker AND coalesce(e.daemon_id, '') = last.daemon AND e.at = last.at
 
--- breaker_outages --
+-- name: breaker_outages
 -- One row per outage overlapping the range: from a trip (closed -> open) to the next
 -- return to closed (NULL while still out), how often it opened in between (failed
 -- probes re-open it), and the fallback traffic it caused. The audit rows carry no

@@ -1,7 +1,7 @@
 -- The Silent failures / debt page: the findings ledger and the analysis runs that
 -- keep it. Parameters: :limit (rows).
 
--- debt_open_by_kind --
+-- name: debt_open_by_kind
 -- Open debt (acknowledged findings included: someone owns them, they are not fixed).
 SELECT kind, severity, status, count(*) AS findings,
        coalesce(sum(occurrences), 0) AS occurrences,
@@ -11,7 +11,7 @@ WHERE status IN ('open', 'acknowledged')
 GROUP BY kind, severity, status
 ORDER BY kind, severity, status
 
--- debt_findings --
+-- name: debt_findings
 -- The findings themselves, worst and most recent first.
 SELECT id, kind, severity, status, title, explanation, remedy, tool, tenant,
        first_seen_at, last_seen_at, resolved_at, acknowledged_at, acknowledged_by,
@@ -23,7 +23,7 @@ ORDER BY CASE status WHEN 'open' THEN 0 WHEN 'acknowledged' THEN 1 ELSE 2 END,
          last_seen_at DESC, id
 LIMIT :limit
 
--- debt_runs --
+-- name: debt_runs
 -- The newest analysis runs: the burn-down of open debt.
 SELECT id, started_at, finished_at, window_start, window_end, transactions_scanned,
        new_count, resolved_count, reopened_count, open_count

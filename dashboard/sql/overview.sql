@@ -8,7 +8,7 @@
 -- buckets shorter than an hour, and ranges too narrow a share of the table for the
 -- rank walks to pay.
 
--- overview_summary@postgresql --
+-- name: overview_summary@postgresql
 -- Everything but the percentiles, exact and from few rows: the whole hours of the range,
 -- [:hours_start, :hours_end), from the hourly rollup (transactions_hourly, _tools,
 -- _errors); the partial hours at its edges from the rows themselves (both equal :end
@@ -84,7 +84,7 @@ FROM ranked
 WHERE part IN ('volume', 'total') OR rank <= :limit
 ORDER BY part, rank
 
--- overview_rows_estimate@postgresql --
+-- name: overview_rows_estimate@postgresql
 -- About how many rows both tables hold (the planner's statistics): only to choose how
 -- to read percentiles, never shown.
 SELECT coalesce(sum(greatest(c.reltuples, 0)), 0) AS estimate
@@ -92,7 +92,7 @@ FROM pg_class c
 WHERE c.oid IN (SELECT relid FROM pg_partition_tree('transactions') WHERE isleaf)
    OR c.oid = 'transactions_archive'::regclass
 
--- overview_tool_ms_rank_up@postgresql --
+-- name: overview_tool_ms_rank_up@postgresql
 -- :take values of tool_ms from the range after skipping the :offset smallest, walking
 -- the (tool_ms, created_at) indexes with index-only scans, both tables merged.
 SELECT v FROM (
@@ -106,7 +106,7 @@ SELECT v FROM (
 ) walked
 ORDER BY v OFFSET :offset LIMIT :take
 
--- overview_tool_ms_rank_down@postgresql --
+-- name: overview_tool_ms_rank_down@postgresql
 -- The same from the largest down.
 SELECT v FROM (
     (SELECT tool_ms AS v FROM transactions
@@ -119,7 +119,7 @@ SELECT v FROM (
 ) walked
 ORDER BY v DESC OFFSET :offset LIMIT :take
 
--- overview_store_ms_rank_up@postgresql --
+-- name: overview_store_ms_rank_up@postgresql
 SELECT v FROM (
     (SELECT store_ms AS v FROM transactions
      WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
@@ -131,7 +131,7 @@ SELECT v FROM (
 ) walked
 ORDER BY v OFFSET :offset LIMIT :take
 
--- overview_store_ms_rank_down@postgresql --
+-- name: overview_store_ms_rank_down@postgresql
 SELECT v FROM (
     (SELECT store_ms AS v FROM transactions
      WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
@@ -143,7 +143,7 @@ SELECT v FROM (
 ) walked
 ORDER BY v DESC OFFSET :offset LIMIT :take
 
--- overview_volume@postgresql --
+-- name: overview_volume@postgresql
 -- Transactions per time bucket (epoch seconds), by route and status, with their bytes,
 -- from the rows (buckets shorter than an hour): the totals are added up from these.
 -- Grouped on the enums first, named after: a third faster than grouping on text.
@@ -166,7 +166,7 @@ SELECT extract(epoch FROM bucket)::bigint AS bucket, route::text AS route,
 FROM grouped
 ORDER BY 1, 2, 3
 
--- overview_volume@sqlite --
+-- name: overview_volume@sqlite
 WITH audit AS (
     SELECT created_at, route, status, size, stored_size FROM transactions
     WHERE created_at >= :start AND created_at < :end
@@ -181,7 +181,7 @@ FROM audit
 GROUP BY 1, 2, 3
 ORDER BY 1, 2, 3
 
--- overview_latency@postgresql --
+-- name: overview_latency@postgresql
 -- p50, p95, p99 of tool and store latency (ms), continuous (interpolated) percentiles,
 -- sorting the range's rows (for ranges too narrow for the walks to pay).
 WITH audit AS (
@@ -197,7 +197,7 @@ SELECT count(tool_ms) AS tool_n,
        percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY store_ms) AS store_ms
 FROM audit
 
--- overview_latency_sample@sqlite --
+-- name: overview_latency_sample@sqlite
 -- SQLite has no percentile aggregate: the newest :cap latencies of the range, from
 -- which pandas computes the same interpolated percentiles.
 WITH audit AS (
@@ -211,7 +211,7 @@ WITH audit AS (
 )
 SELECT tool_ms, store_ms FROM audit ORDER BY created_at DESC LIMIT :cap
 
--- overview_errors --
+-- name: overview_errors
 -- Why transactions failed (or looked like failures), most frequent first.
 WITH audit AS (
     SELECT error_kind, status FROM transactions
@@ -227,7 +227,7 @@ GROUP BY error_kind
 ORDER BY transactions DESC, error_kind
 LIMIT :limit
 
--- overview_tools --
+-- name: overview_tools
 -- The busiest tools.
 WITH audit AS (
     SELECT tool, status, size, tool_ms FROM transactions
@@ -244,7 +244,7 @@ GROUP BY 1
 ORDER BY transactions DESC, tool
 LIMIT :limit
 
--- overview_tenants --
+-- name: overview_tenants
 -- The tenants with the most transactions.
 WITH audit AS (
     SELECT tenant, status, size FROM transactions

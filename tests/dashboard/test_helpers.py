@@ -12,33 +12,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dashboard import namedsql, timeline
+from dashboard import queries, timeline
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-def test_blocks_are_named_and_comment_lines_dropped() -> None:
-    text = (
-        "-- header comment\n-- one --\n-- :not_a_param here\nSELECT :a;\n\n"
-        "-- two@sqlite --\nSELECT 2\n"
-    )
-    assert namedsql.parse_blocks(text) == {"one": "SELECT :a", "two@sqlite": "SELECT 2"}
-
-
-def test_a_block_defined_twice_is_refused() -> None:
-    with pytest.raises(ValueError, match="'one' is defined twice"):
-        namedsql.parse_blocks("-- one --\nSELECT 1\n-- one --\nSELECT 2", "x.sql")
-
-
 def test_dialect_variants_win_over_the_plain_block() -> None:
-    assert "percentile_cont" in namedsql.query("overview_latency", "postgresql")
-    assert "strftime" in namedsql.query("overview_volume", "sqlite")
-    assert "date_bin" in namedsql.query("overview_volume", "postgresql")
-    assert namedsql.query("overview_errors", "sqlite") == namedsql.query(
+    assert "percentile_cont" in queries.query("overview_latency", "postgresql")
+    assert "strftime" in queries.query("overview_volume", "sqlite")
+    assert "date_bin" in queries.query("overview_volume", "postgresql")
+    assert queries.query("overview_errors", "sqlite") == queries.query(
         "overview_errors", "postgresql"
     )
     with pytest.raises(KeyError, match="overview_latency"):
-        namedsql.query("overview_latency", "sqlite")  # SQLite samples instead
+        queries.query("overview_latency", "sqlite")  # SQLite samples instead
 
 
 def _events(*rows: tuple[int, str, str]) -> pd.DataFrame:
