@@ -123,8 +123,11 @@ def create_app(runtime: Runtime) -> Starlette:
         finally:
             runtime.sessions.discard(session)
             runtime.metrics.connections.dec()
-            cancelled = session.close("the client disconnecting")
-            log.info("- session %s closed (%d call(s) cancelled)", session.id[:8], cancelled)
+            # Its calls run on: MCP does not take a closed connection for a cancellation.
+            # Each will fail to send its answer and be audited so (send_failed, which
+            # the lost_response detector reports); a shutdown drains them too.
+            running = runtime.detach(session)
+            log.info("- session %s closed (%d call(s) in flight)", session.id[:8], running)
 
     # -- HTTP: tracing -------------------------------------------------------------------
     def traced(route: str, handler: HTTPHandler) -> Callable[[Request], Awaitable[Response]]:

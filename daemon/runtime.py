@@ -150,6 +150,7 @@ class Runtime:
         self.upstreams = upstreams or []
         self.gateway: Gateway | None = None
         self.sessions: set[Any] = set()
+        self.detached_calls: set[asyncio.Task[None]] = set()  # of connections now closed
         self.shutting_down = False
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -191,6 +192,7 @@ class Runtime:
         gets a clear error and an audit record)."""
         self.shutting_down = True
         tasks = [t for s in list(self.sessions) for t in s.calls()]
+        tasks += self.detached_calls
         if not tasks:
             return
         log.info("shutdown: waiting up to %gs for %d call(s) in flight", grace_seconds, len(tasks))
@@ -200,6 +202,16 @@ class Runtime:
         if pending:
             log.warning("shutdown: cancelled %d call(s) still running", len(pending))
             await asyncio.wait(pending, timeout=5)
+
+    def detach(self, session: Any) -> int:
+        """A closed connection's calls still running: they finish on their own, and the
+        shutdown drain waits for them like any other (else they would die unrecorded
+        when the loop closes). How many there are."""
+        running = session.calls()
+        for task in running:
+            self.detached_calls.add(task)
+            task.add_done_callback(self.detached_calls.discard)
+        return len(running)
 
     async def stop(self, grace_seconds: float = 30.0) -> None:
         """Drain, then flush the audit and close the database."""

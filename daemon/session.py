@@ -77,20 +77,10 @@ class Session:
         self._send_raw = send
         self._send_lock = asyncio.Lock()
         self._calls: dict[str | int, asyncio.Task[None]] = {}
-        self._closed_why: str | None = None
 
     def calls(self) -> list[asyncio.Task[None]]:
         """The tool calls running now."""
         return list(self._calls.values())
-
-    def close(self, why: str) -> int:
-        """The connection is gone: cancel the calls still running (nobody can receive
-        their results); each still gets its audit record, saying ``why``."""
-        self._closed_why = why
-        running = self.calls()
-        for task in running:
-            task.cancel()
-        return len(running)
 
     # -- frames -----------------------------------------------------------------------
     async def handle_frame(self, text: str | bytes) -> None:
@@ -377,9 +367,7 @@ class Session:
                     result: ToolResult = await entry.invoke(arguments)
         except asyncio.CancelledError:
             ctx.tool_ms = (time.perf_counter() - started) * 1000
-            why = self._closed_why or (
-                "the daemon is shutting down" if self.runtime.shutting_down else "the client"
-            )
+            why = "the daemon is shutting down" if self.runtime.shutting_down else "the client"
             bus.fail(ctx, "cancelled", f"cancelled by {why}")
             raise
         except TimeoutError:

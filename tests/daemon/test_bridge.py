@@ -154,7 +154,7 @@ def test_a_lost_connection_fails_the_calls_in_flight_and_the_session_comes_back(
     try:
         bridge = _Bridge(f"ws://127.0.0.1:{proxy.port}/ws", "--log-level", "info")
         _initialize(bridge)
-        _call(bridge, 2, "sleep", {"seconds": 30})
+        _call(bridge, 2, "sleep", {"seconds": 3})
         wait_until(
             lambda: any(s.calls() for s in list(daemon.runtime.sessions)),
             "the call to be running in the daemon",

@@ -711,32 +711,51 @@ def test_our_client_cancels_when_it_gives_up(daemon: ThreadDaemon) -> None:
     wait_until(cancelled, "the call to be cancelled")
 
 
-def test_a_client_that_disconnects_has_its_calls_cancelled_and_audited(
-    daemon: ThreadDaemon,
-) -> None:
+def _hang_up_during(url: str, seconds: float) -> None:
+    """Call ``sleep(seconds)`` and close the connection while it runs."""
+
     async def scenario() -> None:
-        async with raw_client(daemon.url) as client:
+        async with raw_client(url) as client:
             await client.send(
-                _request("slow", "tools/call", {"name": "sleep", "arguments": {"seconds": 120}})
+                _request("slow", "tools/call", {"name": "sleep", "arguments": {"seconds": seconds}})
             )
             await client.send(
                 _request("quick", "tools/call", {"name": "echo", "arguments": {"text": "x"}})
             )
             assert (await client.receive())["id"] == "quick"  # "slow" is running by now
-        # the connection closes here, "slow" still running
 
     asyncio.run(scenario())
 
-    def cancelled() -> bool:
+
+def test_a_call_whose_client_hung_up_runs_on_and_is_audited_as_not_delivered(
+    daemon: ThreadDaemon,
+) -> None:
+    # MCP: a closed connection is not a cancellation. The call finishes, its answer
+    # cannot be sent, and the audit says so (the lost_response detector reports it).
+    _hang_up_during(daemon.url, 1.0)
+
+    def settled() -> bool:
         daemon.runtime.audit.flush()
         rows = audit_rows(database_url(daemon), tool="sleep")
-        return bool(rows) and rows[0]["error_kind"] == "cancelled"
+        return bool(rows) and rows[0]["status"] != "pending"
 
-    # Long before the 120 s sleep would end: the call does not outlive its connection.
-    wait_until(cancelled, "the call to be cancelled", timeout=30)
+    wait_until(settled, "the call to end")
     (row,) = audit_rows(database_url(daemon), tool="sleep")
-    assert row["status"] == "failed"
-    assert row["error"] == "cancelled by the client disconnecting"
+    assert (row["status"], row["error_kind"]) == ("failed", "send_failed")
+
+
+def test_a_shutdown_drains_the_calls_of_connections_already_closed(
+    daemon: ThreadDaemon,
+) -> None:
+    _hang_up_during(daemon.url, 120)
+    wait_until(lambda: bool(daemon.runtime.detached_calls), "the call to outlive its connection")
+    assert daemon.loop is not None
+    # The drain waits (briefly here), then cancels it: it is audited, not lost with the loop.
+    asyncio.run_coroutine_threadsafe(daemon.runtime.drain(0.2), daemon.loop).result(30)
+    daemon.runtime.audit.flush()
+    (row,) = audit_rows(database_url(daemon), tool="sleep")
+    assert (row["status"], row["error_kind"]) == ("failed", "cancelled")
+    assert row["error"] == "cancelled by the daemon is shutting down"
 
 
 def test_a_call_past_the_tool_timeout_is_an_error_result(tmp_path: Path) -> None:
