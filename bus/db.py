@@ -13,6 +13,8 @@ Everything that touches the database goes through :class:`Database`, which
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -49,6 +51,43 @@ def as_utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
+class _RandomPool:
+    """Bytes from the operating system's CSPRNG, drawn a block at a time.
+
+    ``uuid.uuid4()`` made one ``getrandom`` system call per id, which lets go of the GIL:
+    in a busy daemon the audit writer's thread could take it, and the event loop then
+    waited to get it back (bench_daemon). The same bytes, read 4 KiB at a time, cost
+    one call every ~400 ids. A forked child starts with an empty pool, so parent and
+    child never hand out the same bytes.
+    """
+
+    def __init__(self, block: int = 4096) -> None:
+        self._block = block
+        self._lock = threading.Lock()
+        self._bytes = b""
+        self._used = 0
+
+    def reset(self) -> None:
+        self._lock = threading.Lock()
+        self._bytes = b""
+        self._used = 0
+
+    def integer(self, size: int) -> int:
+        """A random non-negative integer of ``size`` bytes."""
+        with self._lock:
+            start = self._used
+            if start + size > len(self._bytes):
+                self._bytes = os.urandom(self._block)
+                start = 0
+            self._used = start + size
+            return int.from_bytes(self._bytes[start : start + size])
+
+
+_RANDOM = _RandomPool()
+os.register_at_fork(after_in_child=_RANDOM.reset)
+_MS_MASK = (1 << 48) - 1
+
+
 def new_transaction_id(now: datetime | None = None) -> tuple[uuid.UUID, datetime]:
     """A UUIDv7 and the millisecond timestamp inside it, which becomes ``created_at``.
 
@@ -56,15 +95,15 @@ def new_transaction_id(now: datetime | None = None) -> tuple[uuid.UUID, datetime
     here rather than taken from ``uuid6`` because seeding history and tests need ids for
     a given time, which ``uuid6.uuid7()`` cannot make.
     """
-    ms = time.time_ns() // 1_000_000 if now is None else int(now.timestamp() * 1000)
-    rand = uuid.uuid4().int
-    value = (ms & ((1 << 48) - 1)) << 80
+    ms = (time.time_ns() // 1_000_000 if now is None else int(now.timestamp() * 1000)) & _MS_MASK
+    rand = _RANDOM.integer(10)  # 80 bits, 74 of them used
+    value = ms << 80
     value |= 0x7 << 76  # version 7
     value |= ((rand >> 64) & 0xFFF) << 64  # rand_a (12 bits)
     value |= 0x2 << 62  # RFC 4122 variant
     value |= rand & ((1 << 62) - 1)  # rand_b
-    tx_id = uuid.UUID(int=value)
-    return tx_id, created_at_of(tx_id)
+    # created_at_of(), without checking the version just set.
+    return uuid.UUID(int=value), datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def created_at_of(transaction_id: uuid.UUID) -> datetime:

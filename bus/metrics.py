@@ -14,7 +14,6 @@ first event of a series that appears with it).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -27,7 +26,7 @@ from prometheus_client.registry import Collector
 from bus.audit import AuditStats
 from bus.breaker import BreakerSnapshot, BreakerState, Transition
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "ToolCallTimer"]
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +132,10 @@ class Metrics:
         self.calls_in_flight = Gauge(
             "bustrail_tool_calls_in_flight", "Tool calls running now.", registry=r
         )
+        # Counted at scrape time: adding to and removing from a set (atomic, from any
+        # thread) costs far less than a gauge's inc() and dec(), on every call.
+        self._running: set[ToolCallTimer] = set()
+        self.calls_in_flight.set_function(lambda: len(self._running))
         self.tool_seconds = Histogram(
             "bustrail_tool_duration_seconds",
             "Tool run time, by tool.",
@@ -202,16 +205,10 @@ class Metrics:
     def refused(self, code: int) -> None:
         self.refused_frames.labels(code=str(code)).inc()
 
-    @contextlib.contextmanager
-    def tool_call(self, tool: str) -> Iterator[None]:
-        """A tool running: in flight while inside, its duration observed however it ends."""
-        self.calls_in_flight.inc()
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.calls_in_flight.dec()
-            self._child(self.tool_seconds, tool).observe(time.perf_counter() - started)
+    def tool_call(self, tool: str) -> ToolCallTimer:
+        """A tool running: in flight while inside ``with metrics.tool_call(tool):``, its
+        duration observed however it ends."""
+        return ToolCallTimer(self._running, self._child(self.tool_seconds, tool))
 
     def _child(self, metric: Any, *values: str) -> Any:
         """``metric.labels(*values)``, remembered: looking a child up anew (validation, a
@@ -237,6 +234,26 @@ class Metrics:
 
     def watch_findings(self, open_by_kind: Callable[[], Mapping[str, int]]) -> None:
         self._live.findings = open_by_kind
+
+
+class ToolCallTimer:
+    """What ``Metrics.tool_call`` returns: a plain context manager, not a generator-based
+    one, which cost twice as much, on every call (bench_daemon)."""
+
+    __slots__ = ("_running", "_seconds", "_started")
+
+    def __init__(self, running: set[ToolCallTimer], seconds: Any) -> None:
+        self._running = running  # the calls in flight
+        self._seconds = seconds  # the tool's child of bustrail_tool_duration_seconds
+        self._started = 0.0
+
+    def __enter__(self) -> None:
+        self._running.add(self)
+        self._started = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        self._running.discard(self)
+        self._seconds.observe(time.perf_counter() - self._started)
 
 
 class _LiveCollector(Collector):

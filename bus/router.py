@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 if TYPE_CHECKING:
     from bus.settings import Settings
 
@@ -73,11 +75,29 @@ class RoutingPolicy:
 
 # One encoder, made once: json.dumps with these options builds a new one every call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# Subclasses of str, int, dict and list, dataclasses and datetimes go to the fallback,
+# which encodes them (or refuses them) as json always did.
+_ORJSON_OPTIONS = (
+    orjson.OPT_PASSTHROUGH_SUBCLASS
+    | orjson.OPT_PASSTHROUGH_DATACLASS
+    | orjson.OPT_PASSTHROUGH_DATETIME
+)
 
 
 def encode_message(message: Any) -> bytes:
-    """The exact bytes a JSON-RPC message goes out as (compact, UTF-8)."""
-    return _ENCODER.encode(message).encode()
+    """The exact bytes a JSON-RPC message goes out as (compact, UTF-8).
+
+    orjson writes the same bytes as ``json`` (compact, not ASCII-escaped: checked for
+    every code point) ten times faster, which was ~5% of a small call (bench_daemon).
+    What it refuses (an integer past 64 bits, a key that is not a string, a lone
+    surrogate, the types above) is encoded by ``json`` instead, which raises what it
+    raised before. Floats are written in their shortest form (``1e-7``, not ``1e-07``),
+    and NaN and infinities, which JSON cannot express, as ``null``.
+    """
+    try:
+        return orjson.dumps(message, option=_ORJSON_OPTIONS)
+    except TypeError:  # orjson.JSONEncodeError
+        return _ENCODER.encode(message).encode()
 
 
 def decide(

@@ -99,8 +99,13 @@ class TransactionContext:
     )
 
     def ensure_id(self) -> tuple[uuid.UUID, datetime]:
-        if self._checked is not None and self._checked == (self.transaction_id, self.created_at):
-            return self._checked  # called several times a call: checked once
+        checked = self._checked
+        # Called several times a call: checked once (and compared by identity first).
+        if checked is not None and (
+            (checked[0] is self.transaction_id and checked[1] is self.created_at)
+            or checked == (self.transaction_id, self.created_at)
+        ):
+            return checked
         if self.transaction_id is None:
             self.transaction_id, self.created_at = new_transaction_id()
         elif self.created_at is None:

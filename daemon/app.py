@@ -81,7 +81,7 @@ def create_app(runtime: Runtime) -> Starlette:
             await runtime.stop()
 
     # -- WebSocket --------------------------------------------------------------------
-    async def websocket_endpoint(ws: WebSocket) -> None:
+    async def websocket_endpoint(ws: WebSocket, receive: Receive, send_event: Send) -> None:
         tenant = runtime.tenant_for(_token(ws.headers, ws.query_params))
         origin = ws.headers.get("origin")
         # Refusals accept, then close with a code and reason: closing before accepting
@@ -101,7 +101,10 @@ def create_app(runtime: Runtime) -> Starlette:
         await ws.accept(subprotocol="mcp" if "mcp" in offered else None)
 
         async def send(data: bytes) -> None:
-            await ws.send_text(data.decode())
+            try:
+                await send_event({"type": "websocket.send", "text": data.decode()})
+            except OSError:  # the client is gone: as Starlette's WebSocket.send says it
+                raise WebSocketDisconnect(code=1006) from None
 
         session = Session(runtime, tenant, send, peer=str(ws.client))
         runtime.sessions.add(session)
@@ -109,7 +112,7 @@ def create_app(runtime: Runtime) -> Starlette:
         log.info("+ session %s tenant=%s peer=%s", session.id[:8], tenant, session.peer)
         try:
             while True:
-                message = await ws.receive()
+                message = await receive()
                 if message["type"] == "websocket.disconnect":
                     if message.get("code") == 1009:  # a frame over WEBSOCKET_MAX_MESSAGE_MB
                         runtime.metrics.refused(1009)
@@ -334,7 +337,7 @@ def create_app(runtime: Runtime) -> Starlette:
 
     return Starlette(
         routes=[
-            WebSocketRoute("/ws", websocket_endpoint),
+            WebSocketRoute("/ws", _WebSocketApp(websocket_endpoint)),
             Route(
                 "/v1/transactions/{tx_id}",
                 traced("/v1/transactions/{tx_id}", download),
@@ -347,6 +350,20 @@ def create_app(runtime: Runtime) -> Starlette:
         ],
         lifespan=lifespan,
     )
+
+
+class _WebSocketApp:
+    """``/ws`` as a plain ASGI app (Starlette takes a class as one). The endpoint gets
+    Starlette's WebSocket for the handshake (headers, query, accept, refusals) and the
+    raw ASGI ``receive`` and ``send`` for the messages after it: Starlette's layers on
+    each message (state checks, a coroutine more each way) cost more than the little
+    they do for us, on every call (bench_daemon)."""
+
+    def __init__(self, endpoint: Callable[[WebSocket, Receive, Send], Awaitable[None]]) -> None:
+        self.endpoint = endpoint
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self.endpoint(WebSocket(scope, receive=receive, send=send), receive, send)
 
 
 class _ClosingStreamingResponse(StreamingResponse):

@@ -32,7 +32,7 @@ from bus.router import DEFAULT_CLIENT_CAP, Action, encode_message, needs_store
 from bus.store import OpenPayload, TransactionContext
 from daemon import jsonrpc
 from daemon.jsonrpc import Code, Notification, ProtocolError, Request
-from daemon.tools import ToolError, ToolResult
+from daemon.tools import ToolError, ToolResult, invoke_within
 
 if TYPE_CHECKING:
     from daemon.runtime import Runtime
@@ -77,6 +77,8 @@ class Session:
         self._send_raw = send
         self._send_lock = asyncio.Lock()
         self._calls: dict[str | int, asyncio.Task[None]] = {}
+        # What a call without _meta asks for (most do): worked out once.
+        self._options = CallOptions.from_meta({}, runtime.preview_policy)
 
     def calls(self) -> list[asyncio.Task[None]]:
         """The tool calls running now."""
@@ -329,13 +331,18 @@ class Session:
             raise ProtocolError(
                 Code.INVALID_PARAMS, 'invalid params: "arguments" must be an object'
             )
-        arguments = await self._resolve_uploads(arguments)
+        if any(isinstance(v, str) and v.startswith(URI_PREFIX) for v in arguments.values()):
+            arguments = await self._resolve_uploads(arguments)
         try:
             validated = entry.validate(arguments)
         except ValueError as exc:
             raise ProtocolError(Code.INVALID_PARAMS, str(exc)) from None
-        meta = params.get("_meta") if isinstance(params.get("_meta"), dict) else {}
-        options = CallOptions.from_meta(meta or {}, self.runtime.preview_policy)
+        meta = params.get("_meta")
+        if not isinstance(meta, dict):
+            meta = {}
+        options = (
+            CallOptions.from_meta(meta, self.runtime.preview_policy) if meta else self._options
+        )
         ctx = TransactionContext(
             tenant=self.tenant,
             tool=getattr(entry, "audit_name", None) or name,
@@ -343,7 +350,7 @@ class Session:
             request_id=str(request.id),
         )
         trace = self.runtime.telemetry
-        with trace.server_span(name, request.id, self.id, meta or {}) as span:
+        with trace.server_span(name, request.id, self.id, meta) as span:
             ctx.trace_id, ctx.span_id = trace.ids(span)
             await self._run_tool(request, entry, validated, ctx, span, options)
 
@@ -362,9 +369,7 @@ class Session:
         timeout = self.runtime.settings.bustrail_tool_timeout_seconds
         try:
             with self.runtime.metrics.tool_call(entry.name):
-                # asyncio.timeout, not wait_for: no second task per call.
-                async with asyncio.timeout(timeout):
-                    result: ToolResult = await entry.invoke(arguments)
+                result: ToolResult = await invoke_within(entry, arguments, timeout)
         except asyncio.CancelledError:
             ctx.tool_ms = (time.perf_counter() - started) * 1000
             why = "the daemon is shutting down" if self.runtime.shutting_down else "the client"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from enum import IntEnum, StrEnum
 from typing import Any
 
 import pytest
@@ -123,6 +124,44 @@ def test_a_payload_under_the_limit_whose_message_is_over_it_is_stored(text: str)
 
 def test_encode_message_is_compact_utf8() -> None:
     assert encode_message({"a": [1, "é"]}) == '{"a":[1,"é"]}'.encode()
+
+
+def _json_bytes(message: Any) -> bytes:
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+_finite = st.floats(allow_nan=False, allow_infinity=False)
+_messages = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | _finite.map(lambda f: round(f, 3)),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(_messages)
+def test_encode_message_writes_the_bytes_json_writes(message: Any) -> None:
+    # orjson on the hot path, json for what orjson refuses: the same bytes either way
+    # (floats aside: rounded here, so both write them alike).
+    assert encode_message(message) == _json_bytes(message)
+
+
+def test_what_orjson_refuses_is_encoded_as_json_encodes_it() -> None:
+    class Route(StrEnum):
+        INLINE = "inline"
+
+    class Code(IntEnum):
+        PARSE_ERROR = -32700
+
+    for message in (
+        {"id": 2**70, "big": -(2**64)},  # past 64 bits
+        {1: "a", None: "b", 2.5: "c"},  # keys that are not strings
+        {"route": Route.INLINE, "code": Code.PARSE_ERROR},  # subclasses of str and int
+    ):
+        assert encode_message(message) == _json_bytes(message)
+    with pytest.raises(UnicodeEncodeError):  # a lone surrogate: as json fails on it
+        encode_message({"text": "\ud800"})
+    with pytest.raises(TypeError):  # not JSON at all: as json refuses it
+        encode_message({"x": object()})
 
 
 # -- the bus disabled, the size limit --------------------------------------------------------

@@ -235,3 +235,71 @@ def test_the_provider_names_the_service(exporter: InMemorySpanExporter) -> None:
     (span,) = finished(exporter)
     assert span.resource.attributes["service.name"] == "bustrail-test"
     provider.shutdown()
+
+
+# -- nothing sampled (no exporter, the default): spans made without the SDK's tracer ------
+def _context_of(telemetry: Telemetry, meta: dict[str, Any]) -> tuple[Any, Any]:
+    with telemetry.server_span("echo", 1, "s", meta) as span, telemetry.span("child") as child:
+        return span.get_span_context(), child.get_span_context()
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        {},
+        {"traceparent": TRACEPARENT, "tracestate": "congo=t61rcWkgMzE"},
+        {"traceparent": f"00-{TRACE:032x}-{PARENT:016x}-00"},  # the caller did not sample
+    ],
+)
+def test_unsampled_server_spans_are_those_the_sdk_makes(meta: dict[str, Any]) -> None:
+    fast = Telemetry()  # exporter "none": its sampler samples nothing
+    assert not fast.may_record
+    sdk = Telemetry()
+    sdk._samples_nothing = False  # the same provider, through the SDK's tracer
+    (ours, our_child), (theirs, _) = _context_of(fast, meta), _context_of(sdk, meta)
+    for attribute in ("trace_flags", "trace_state", "is_remote", "is_valid"):
+        assert getattr(ours, attribute) == getattr(theirs, attribute), attribute
+    assert ours.span_id != theirs.span_id  # new ids every time
+    if meta:  # the caller's trace goes on; the audit record carries its id
+        assert ours.trace_id == theirs.trace_id == TRACE
+        assert Telemetry.ids(trace.NonRecordingSpan(ours))[0] == f"{TRACE:032x}"
+    else:
+        assert ours.trace_id != theirs.trace_id
+    # No internal child is made for what nobody records: the server span stays current.
+    assert our_child == ours
+
+
+def test_an_unsampled_server_span_is_current_and_propagated() -> None:
+    telemetry = Telemetry()
+    with telemetry.server_span("echo", 1, "s", {"traceparent": TRACEPARENT}) as span:
+        assert trace.get_current_span() is span
+        carrier = Telemetry.inject({})
+    assert trace.get_current_span() is INVALID_SPAN
+    trace_hex, span_hex = Telemetry.ids(span)
+    assert trace_hex == f"{TRACE:032x}"
+    assert carrier["traceparent"] == f"00-{trace_hex}-{span_hex}-00"
+
+
+def test_an_exception_leaving_a_span_is_recorded_and_ends_it(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    with pytest.raises(KeyError), telemetry.server_span("echo", 1, "s", {}):
+        raise KeyError("x")
+    (span,) = finished(exporter)
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "KeyError: 'x'"
+    assert [e.name for e in span.events] == ["exception"]
+    assert trace.get_current_span() is INVALID_SPAN
+
+
+def test_a_cancellation_leaving_a_span_is_not_an_error(
+    telemetry: Telemetry, exporter: InMemorySpanExporter
+) -> None:
+    class Cancelled(BaseException):
+        pass
+
+    with pytest.raises(Cancelled), telemetry.span("bustrail.route"):
+        raise Cancelled
+    (span,) = finished(exporter)
+    assert span.status.status_code is StatusCode.UNSET
+    assert not span.events

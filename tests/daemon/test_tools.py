@@ -5,13 +5,25 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from daemon.client import Client
-from daemon.tools import ToolError, ToolRegistry, ToolResult, builtin_registry, generate_json, tool
+from daemon.tools import (
+    Tool,
+    ToolError,
+    ToolRegistry,
+    ToolResult,
+    builtin_registry,
+    generate_json,
+    invoke_within,
+    tool,
+)
 from tests.helpers.daemon import thread_daemon
 
 
@@ -62,6 +74,123 @@ def test_a_module_without_tools_or_missing_is_an_import_error() -> None:
         registry.load_module("tests.daemon.support")
     loaded = registry.load_module("tests.daemon.tools_for_tests")
     assert sorted(t.name for t in loaded) == ["boom", "digest", "rendezvous", "wait_for_file"]
+
+
+def _plain(text: str, count: int, ratio: float, flag: bool, note: str = "n", seed: int = 0) -> str:
+    return text
+
+
+_json_values = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=3)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["text", "count", "ratio", "flag", "note", "seed", "other"]),
+        _json_values | st.lists(st.integers(), max_size=2),
+        max_size=7,
+    )
+)
+def test_plain_parameters_validate_exactly_as_the_model_does(arguments: dict[str, Any]) -> None:
+    entry = ToolRegistry().add(_plain)
+    assert entry.plain_parameters is not None  # the fast path applies to this tool
+    model = Tool(entry.name, "", entry.fn, entry.input_model)  # validated by the model only
+    try:
+        expected: Any = model.validate(arguments)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: Any = entry.validate(arguments)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
+    if isinstance(expected, dict):
+        assert [type(v) for v in got.values()] == [type(v) for v in expected.values()]
+
+
+def test_parameters_that_are_not_plain_go_through_the_model() -> None:
+    def constrained(a: int | None, b: list[int]) -> int:
+        return 0
+
+    def mutable_default(a: int, b: tuple[int, ...] = ()) -> int:
+        return 0
+
+    registry = ToolRegistry()
+    assert registry.add(constrained).plain_parameters is None
+    assert registry.add(mutable_default).plain_parameters is None
+
+
+# -- running a call with its timeout ------------------------------------------------------
+def _async_tool(fn: Any) -> Tool:
+    return ToolRegistry().add(fn)
+
+
+def test_a_call_that_waits_for_nothing_returns_its_result() -> None:
+    async def quick(text: str) -> str:
+        return text
+
+    result = asyncio.run(invoke_within(_async_tool(quick), {"text": "hi"}, 10.0))
+    assert result == ToolResult(b"hi", "text/plain")
+
+
+def test_a_call_that_waits_gets_what_it_waited_for_and_can_fail() -> None:
+    async def waits(text: str) -> str:
+        await asyncio.sleep(0)
+        value = await asyncio.get_running_loop().run_in_executor(None, str.upper, text)
+        if value == "BAD":
+            raise ToolError("bad input")
+        return value
+
+    entry = _async_tool(waits)
+    assert asyncio.run(invoke_within(entry, {"text": "ok"}, 10.0)).data == b"OK"
+    with pytest.raises(ToolError, match="bad input"):
+        asyncio.run(invoke_within(entry, {"text": "bad"}, 10.0))
+
+
+def test_a_call_past_its_deadline_is_cancelled_with_a_timeout_error() -> None:
+    cleaned: list[str] = []
+
+    async def slow(seconds: float) -> str:
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            cleaned.append("finally")
+        return "done"
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(invoke_within(_async_tool(slow), {"seconds": 60.0}, 0.05))
+    assert cleaned == ["finally"]
+
+
+def test_the_deadline_counts_from_the_start_of_the_call() -> None:
+    async def busy_then_waits(seconds: float) -> str:
+        time.sleep(seconds)  # holds the loop past the deadline before its first wait
+        await asyncio.sleep(0)
+        return "late"
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(invoke_within(_async_tool(busy_then_waits), {"seconds": 0.05}, 0.01))
+
+
+def test_a_cancelled_call_is_cancelled_inside_the_tool() -> None:
+    seen: list[str] = []
+
+    async def waits_forever(text: str) -> str:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            seen.append("cancelled")
+            raise
+        return text
+
+    async def scenario() -> None:
+        call = asyncio.ensure_future(invoke_within(_async_tool(waits_forever), {"text": "x"}, 60))
+        await asyncio.sleep(0.01)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+
+    asyncio.run(scenario())
+    assert seen == ["cancelled"]
 
 
 @pytest.mark.parametrize(
