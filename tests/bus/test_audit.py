@@ -589,3 +589,49 @@ def test_a_spool_that_cannot_be_written_holds_the_records_and_loses_none(
     proxy.restore()
     drain(writer)
     assert set(stored(direct_db)) == {row["id"] for row in rows}
+
+
+def test_the_sqlite_fast_path_stores_exactly_what_sqlalchemy_would(tmp_path: Path) -> None:
+    """Full rows go to SQLite through the driver's executemany with SQLAlchemy's bind
+    processors; the stored text of every column must be what ``conn.execute`` stores."""
+    from bus import records
+    from bus.schema import upgrade
+
+    tx = new_transaction_id()
+    rows = [
+        tx_row(Status.PENDING, tx=tx),
+        final_row(tx, tool_ms=1.25, trace_id="a" * 32, span_id="b" * 16),
+        failed_row(new_transaction_id()),
+        tx_row(
+            Status.STORED,
+            route=Route.STORE,
+            compression=Compression.ZSTD,
+            size=2**40,
+            stored_size=7,
+            chunk_count=1,
+            store_ms=0.5,
+            request_id="ü\x00x",
+            error_kind=None,
+            mime_type="application/json",
+        ),
+    ]
+    assert all(set(row) == set(records.TRANSACTION_COLUMNS) for row in rows)  # full rows
+    stored_text = []
+    for fast in (True, False):
+        db = Database(f"sqlite:///{tmp_path / f'fast-{fast}.db'}")
+        try:
+            upgrade(db)
+            if fast:
+                records.upsert_transactions(db, rows)
+            else:
+                with db.begin() as conn:  # what the fast path replaces
+                    for row in rows:
+                        conn.execute(records._SQLITE_UPSERT, [records._storable(row)])
+            with db.connect() as conn:
+                stored_text.append(
+                    conn.execute(sa.text("SELECT * FROM transactions ORDER BY id")).all()
+                )
+        finally:
+            db.dispose()
+    assert len(stored_text[0]) == 3
+    assert stored_text[0] == stored_text[1]
