@@ -11,6 +11,8 @@ in progress.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import operator
 import sqlite3
 import uuid
@@ -97,7 +99,7 @@ def upsert_transactions(db: Database, rows: Sequence[Mapping[str, Any]]) -> int:
             # rows with the same columns: a multi-row VALUES compiled anew for every batch
             # cost ~0.6 ms a row (bench_daemon), holding the GIL from the event loop.
             for columns, group in groupby(ordered, key=tuple):
-                if len(columns) == len(_COLUMN_SET) and _COLUMN_SET.issuperset(columns):
+                if frozenset(columns) == _COLUMN_SET:
                     _sqlite_upsert(conn, list(group))
                 else:
                     conn.execute(_SQLITE_UPSERT, list(group))
@@ -154,10 +156,24 @@ def _on_conflict(stmt: Any) -> Any:
 
 
 _SQLITE_UPSERT = _on_conflict(sqlite.insert(transactions))
-# (dialect, SQL, per parameter: (column or None, bind processor, fixed value))
-_SqlitePlan = tuple[Any, str, list[tuple[str | None, Callable[[Any], Any] | None, Any]]]
-_sqlite_plan: _SqlitePlan | None = None
 _COLUMN_SET = frozenset(TRANSACTION_COLUMNS)  # a full row, as the audit writer submits
+# Per parameter of the SQL: (its column, or None for a constant), bind processor, constant.
+_Step = tuple[str | None, Callable[[Any], Any] | None, Any]
+
+
+@functools.lru_cache(maxsize=8)  # one entry per engine's dialect
+def _sqlite_plan(dialect: Any) -> tuple[str, list[_Step]]:
+    """``_SQLITE_UPSERT`` compiled for ``dialect``, with each parameter's processor."""
+    compiled = _SQLITE_UPSERT.compile(dialect=dialect, column_keys=TRANSACTION_COLUMNS)
+    steps: list[_Step] = []
+    for name in compiled.positiontup or ():
+        bind = compiled.binds[name]
+        process = bind.type.dialect_impl(dialect).bind_processor(dialect)
+        if name in _COLUMN_SET:
+            steps.append((name, process, None))
+        else:  # a constant of the WHERE clause
+            steps.append((None, None, process(bind.value) if process else bind.value))
+    return str(compiled), steps
 
 
 def _sqlite_upsert(conn: Connection, rows: list[Mapping[str, Any]]) -> None:
@@ -168,20 +184,7 @@ def _sqlite_upsert(conn: Connection, rows: list[Mapping[str, Any]]) -> None:
     general machinery: a fifth of the audit writer's time on a small call
     (bench_daemon). Driver errors become StoreError, as SQLAlchemy's would.
     """
-    global _sqlite_plan
-    plan = _sqlite_plan
-    if plan is None or plan[0] is not conn.dialect:
-        compiled = _SQLITE_UPSERT.compile(dialect=conn.dialect, column_keys=TRANSACTION_COLUMNS)
-        steps: list[tuple[str | None, Callable[[Any], Any] | None, Any]] = []
-        for name in compiled.positiontup or ():
-            bind = compiled.binds[name]
-            process = bind.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-            if name in TRANSACTION_COLUMNS:
-                steps.append((name, process, None))
-            else:  # a constant of the WHERE clause
-                steps.append((None, None, process(bind.value) if process else bind.value))
-        plan = _sqlite_plan = (conn.dialect, str(compiled), steps)
-    _dialect, sql, steps = plan
+    sql, steps = _sqlite_plan(conn.dialect)
     params = [
         tuple(
             fixed if name is None else (process(row[name]) if process else row[name])
@@ -191,11 +194,8 @@ def _sqlite_upsert(conn: Connection, rows: list[Mapping[str, Any]]) -> None:
     ]
     raw: Any = conn.connection.driver_connection
     try:
-        cursor = raw.cursor()
-        try:
+        with contextlib.closing(raw.cursor()) as cursor:
             cursor.executemany(sql, params)
-        finally:
-            cursor.close()
     except sqlite3.Error as exc:
         raise StoreError(f"database error: {exc}") from exc
 

@@ -270,11 +270,13 @@ def _postgres_latency(
         return _latency_frame(values, counts)
     estimate = conn.execute(sa.text(query("overview_rows_estimate", "postgresql"))).scalar_one()
     if rollup.walking_is_cheaper(every, in_range, float(estimate)):
+        walk = query("overview_rank_walk", "postgresql")  # {column} and {order} to fill in
         for column, column_reads in reads.items():
             for i, read in enumerate(column_reads):
-                name = f"overview_{column}_rank_{'down' if read.descending else 'up'}"
+                order = "DESC" if read.descending else "ASC"
+                sql = walk.format(column=column, order=order)  # column: one of LATENCIES
                 params = {"offset": read.offset, "take": read.take, **window}
-                walked = conn.execute(bind(query(name, "postgresql"), params), params).scalars()
+                walked = conn.execute(bind(sql, params), params).scalars()
                 values[column][i] = read.value([float(v) for v in walked])
         return _latency_frame(values, counts)
     row = _frame(conn, "postgresql", "overview_latency", window).iloc[0]
@@ -411,7 +413,11 @@ def _both_tables(
 
 def search_transactions(db: Database, search: TransactionFilter, limit: int = 200) -> pd.DataFrame:
     """The newest transactions matching ``search``, at most ``limit`` of them."""
-    statement = _both_tables(LIST_COLUMNS, lambda t: _conditions(t, search), limit=limit)
+    return _listed(db, _both_tables(LIST_COLUMNS, lambda t: _conditions(t, search), limit=limit))
+
+
+def _listed(db: Database, statement: sa.CompoundSelect) -> pd.DataFrame:
+    """The rows of a transaction list (``_both_tables``) as the pages show them."""
     with db.connect() as conn:
         result = conn.execute(statement)
         frame = pd.DataFrame(result.all(), columns=list(result.keys()))
@@ -453,13 +459,7 @@ def transactions_by_ids(db: Database, ids: Iterable[str], limit: int = 100) -> p
     wanted = wanted[:limit]
     if not wanted:
         return pd.DataFrame(columns=[*LIST_COLUMNS, "archived"])
-    statement = _both_tables(LIST_COLUMNS, lambda t: [t.c.id.in_(wanted)], limit=limit)
-    with db.connect() as conn:
-        result = conn.execute(statement)
-        frame = pd.DataFrame(result.all(), columns=list(result.keys()))
-    frame["id"] = frame["id"].astype(str)
-    frame["archived"] = frame["archived"].astype(bool)
-    return _timestamps(frame, "created_at")
+    return _listed(db, _both_tables(LIST_COLUMNS, lambda t: [t.c.id.in_(wanted)], limit=limit))
 
 
 def filter_choices(

@@ -92,56 +92,22 @@ FROM pg_class c
 WHERE c.oid IN (SELECT relid FROM pg_partition_tree('transactions') WHERE isleaf)
    OR c.oid = 'transactions_archive'::regclass
 
--- name: overview_tool_ms_rank_up@postgresql
--- :take values of tool_ms from the range after skipping the :offset smallest, walking
--- the (tool_ms, created_at) indexes with index-only scans, both tables merged.
+-- name: overview_rank_walk@postgresql
+-- :take values of {column} (tool_ms or store_ms) from the range after skipping the
+-- :offset first in {order} (ASC from the smallest, DESC from the largest), walking the
+-- ({column}, created_at) indexes with index-only scans, both tables merged. {column} and
+-- {order} are filled in by dashboard.queries from those fixed choices: identifiers and
+-- keywords cannot be bound parameters, and each walk wants its own plan.
 SELECT v FROM (
-    (SELECT tool_ms AS v FROM transactions
-     WHERE tool_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY tool_ms LIMIT :offset + :take)
+    (SELECT {column} AS v FROM transactions
+     WHERE {column} IS NOT NULL AND created_at >= :start AND created_at < :end
+     ORDER BY {column} {order} LIMIT :offset + :take)
     UNION ALL
-    (SELECT tool_ms FROM transactions_archive
-     WHERE tool_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY tool_ms LIMIT :offset + :take)
+    (SELECT {column} FROM transactions_archive
+     WHERE {column} IS NOT NULL AND created_at >= :start AND created_at < :end
+     ORDER BY {column} {order} LIMIT :offset + :take)
 ) walked
-ORDER BY v OFFSET :offset LIMIT :take
-
--- name: overview_tool_ms_rank_down@postgresql
--- The same from the largest down.
-SELECT v FROM (
-    (SELECT tool_ms AS v FROM transactions
-     WHERE tool_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY tool_ms DESC LIMIT :offset + :take)
-    UNION ALL
-    (SELECT tool_ms FROM transactions_archive
-     WHERE tool_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY tool_ms DESC LIMIT :offset + :take)
-) walked
-ORDER BY v DESC OFFSET :offset LIMIT :take
-
--- name: overview_store_ms_rank_up@postgresql
-SELECT v FROM (
-    (SELECT store_ms AS v FROM transactions
-     WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY store_ms LIMIT :offset + :take)
-    UNION ALL
-    (SELECT store_ms FROM transactions_archive
-     WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY store_ms LIMIT :offset + :take)
-) walked
-ORDER BY v OFFSET :offset LIMIT :take
-
--- name: overview_store_ms_rank_down@postgresql
-SELECT v FROM (
-    (SELECT store_ms AS v FROM transactions
-     WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY store_ms DESC LIMIT :offset + :take)
-    UNION ALL
-    (SELECT store_ms FROM transactions_archive
-     WHERE store_ms IS NOT NULL AND created_at >= :start AND created_at < :end
-     ORDER BY store_ms DESC LIMIT :offset + :take)
-) walked
-ORDER BY v DESC OFFSET :offset LIMIT :take
+ORDER BY v {order} OFFSET :offset LIMIT :take
 
 -- name: overview_volume@postgresql
 -- Transactions per time bucket (epoch seconds), by route and status, with their bytes,

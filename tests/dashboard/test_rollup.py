@@ -93,7 +93,7 @@ def _percentile_cont(values: list[float], p: float) -> float:
 
 
 def _walk(values: list[float], read: RankRead) -> list[float]:
-    """What the rank_up / rank_down queries return: OFFSET then LIMIT, in their order."""
+    """What the overview_rank_walk query returns: OFFSET then LIMIT, in its order."""
     ordered = sorted(values, reverse=read.descending)
     return ordered[read.offset : read.offset + read.take]
 
