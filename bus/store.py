@@ -41,6 +41,7 @@ from bus.records import (
     TRANSACTION_COLUMNS,
     archive,
     get_transaction,
+    row_to_transaction,
     transaction_to_row,
     transactions,
     upsert_transactions,
@@ -398,17 +399,15 @@ class PayloadStore:
         ``rejected=(error_kind, error)`` archives it as ``rejected`` with that reason
         instead (a payload refused after it was stored, e.g. an upload damaged in
         transit), so the audit trail does not mistake it for an ordinary expiry.
-        Deleting an already archived transaction does nothing."""
+        Deleting an already archived transaction does nothing, also when an expiry
+        archives it between this call's read and its write."""
         record = get_transaction(self.db, tenant, transaction_id, include_archive=False)
         if record is None:
             self.info(tenant, transaction_id)  # TransactionNotFound unless archived
             return
-        if rejected is not None:
-            record.status = Status.REJECTED
-            record.error_kind, record.error = rejected
         now = self._clock()
         with self.db.begin(tenant) as conn:
-            _archive_rows(conn, [record], now)
+            _archive_rows(conn, [record], now, rejected=rejected)
 
     def expire(self, now: datetime | None = None, *, batch: int = 10_000) -> int:
         """Archive every stored payload past ``expires_at`` (all tenants); return how many."""
@@ -417,7 +416,7 @@ class PayloadStore:
         while True:
             with self.db.begin() as conn:
                 if self.db.is_postgres:
-                    moved = int(
+                    found = moved = int(
                         conn.execute(
                             sa.text("SELECT bustrail_expire(:now, :limit)"),
                             {"now": now, "limit": batch},
@@ -438,10 +437,10 @@ class PayloadStore:
                     records = [
                         Transaction(**{k: row[k] for k in TRANSACTION_COLUMNS}) for row in due
                     ]
-                    _archive_rows(conn, records, now)
-                    moved = len(records)
+                    found = len(records)
+                    moved = _archive_rows(conn, records, now)
             total += moved
-            if moved < batch:
+            if found < batch:
                 return total
 
     def abandon_pending(self, older_than_seconds: float, now: datetime | None = None) -> int:
@@ -484,22 +483,43 @@ def _key(tx_id: uuid.UUID, created_at: datetime, tenant: str) -> tuple[sa.Column
     )
 
 
-def _archive_rows(conn: sa.Connection, records: list[Transaction], now: datetime) -> None:
+def _archive_rows(
+    conn: sa.Connection,
+    records: list[Transaction],
+    now: datetime,
+    *,
+    rejected: tuple[str, str] | None = None,
+) -> int:
     """Move rows to the archive (status ``expired``; ``corrupted`` and ``rejected``
-    kept), drop chunks."""
-    if not records:
-        return
+    kept), drop their chunks; return how many moved.
+
+    Each live row is deleted first, and only what the delete hands back is archived,
+    as it was at that moment: when a concurrent expiry (or another delete) got to a row
+    first, it is simply skipped instead of being archived twice, and a fetch counted
+    since ``records`` were read is kept.
+    """
     rows = []
     for record in records:
-        row = transaction_to_row(record)
-        if row["status"] not in (Status.CORRUPTED, Status.REJECTED):
+        gone = (
+            conn.execute(
+                transactions.delete()
+                .where(*_key(record.id, record.created_at, record.tenant))
+                .returning(*(transactions.c[name] for name in TRANSACTION_COLUMNS))
+            )
+            .mappings()
+            .first()
+        )
+        if gone is None:
+            continue
+        row = transaction_to_row(row_to_transaction(gone))
+        if rejected is not None:
+            row["status"] = Status.REJECTED
+            row["error_kind"], row["error"] = rejected
+        elif row["status"] not in (Status.CORRUPTED, Status.REJECTED):
             row["status"] = Status.EXPIRED
         row["archived_at"] = now
         rows.append(row)
-    ids = [r["id"] for r in rows]
-    conn.execute(archive.insert(), rows)
-    conn.execute(chunks.delete().where(chunks.c.transaction_id.in_(ids)))
-    for record in records:
-        conn.execute(
-            transactions.delete().where(*_key(record.id, record.created_at, record.tenant))
-        )
+    if rows:
+        conn.execute(archive.insert(), rows)
+        conn.execute(chunks.delete().where(chunks.c.transaction_id.in_([r["id"] for r in rows])))
+    return len(rows)

@@ -541,6 +541,44 @@ def test_delete_archives_the_transaction_and_drops_its_chunks(db: Database) -> N
     assert len(chunk_rows(db, keep.id)) == keep.chunk_count
 
 
+def test_delete_racing_an_expiry_archives_the_row_once_as_it_was_last(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``delete`` reads the row, then moves it. Whatever lands in between (here, for
+    real on the database: a fetch, then an expiry that archives the row first) must
+    neither archive it twice nor archive a stale copy."""
+    import bus.store
+
+    clock = Clock(T0)
+    store = make_store(db, clock, ttl_seconds=60)
+    raced = store.put(TransactionContext(tenant="acme"), text_like(100 * KIB, seed=3))
+    read_row = bus.store.get_transaction
+    between: list[Any] = []
+
+    def read_then_interleave(*args: Any, **kwargs: Any) -> Any:
+        record = read_row(*args, **kwargs)
+        if between:
+            between.pop()()
+        return record
+
+    monkeypatch.setattr(bus.store, "get_transaction", read_then_interleave)
+
+    between.append(lambda: store.expire(T0 + timedelta(hours=1)))
+    store.delete("acme", raced.id)  # the expiry got there first: nothing left to do
+    archived_rows = sql(
+        db, "SELECT status FROM transactions_archive WHERE id = :id", id=uid(db, raced.id)
+    )
+    assert [row[0] for row in archived_rows] == ["expired"]
+
+    clock.now = T0 + timedelta(hours=2)
+    fetched = store.put(TransactionContext(tenant="acme"), text_like(100 * KIB, seed=5))
+    between.append(lambda: b"".join(store.read("acme", fetched.id)))
+    store.delete("acme", fetched.id)  # a fetch lands between the read and the move
+    archived = store.info("acme", fetched.id)
+    assert (archived.status, archived.fetch_count) == (Status.EXPIRED, 1)
+    assert chunk_rows(db, fetched.id) == []
+
+
 # -- crash recovery --------------------------------------------------------------------------
 
 
