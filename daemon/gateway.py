@@ -23,6 +23,7 @@ import logging
 import os
 import shlex
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -190,8 +191,10 @@ class Upstream:
         metrics: Metrics,
         telemetry: Telemetry,
         max_backoff: float = 30.0,
+        on_listed: Callable[[], None] = lambda: None,
     ) -> None:
         self.spec = spec
+        self.on_listed = on_listed  # called after each listing of its tools
         self.metrics = metrics
         self.telemetry = telemetry
         self.max_backoff = max_backoff
@@ -288,6 +291,7 @@ class Upstream:
                     self.state = "ready"
                     self.ready.set()
                     self.tried.set()
+                    self.on_listed()
                     self.metrics.upstream_up.labels(upstream=self.spec.name).set(1)
                     log.info("= upstream %s ready with %d tool(s)", self.spec.name, len(self.tools))
                     await self._broken.wait()
@@ -308,6 +312,7 @@ class Upstream:
         self.tools = list(listed.tools)
         self.listings += 1
         log.info("= upstream %s changed its tools: now %d tool(s)", self.spec.name, len(self.tools))
+        self.on_listed()
 
     async def _relay(self, source: Any, sink: Any) -> None:
         async with sink:
@@ -411,13 +416,19 @@ class Gateway:
         metrics: Metrics,
         telemetry: Telemetry,
         timeout: float = 300.0,
+        on_tools_changed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"upstream names must be unique, got {names}")
         self.registry = registry
         self.timeout = timeout
-        self.upstreams = [Upstream(s, metrics=metrics, telemetry=telemetry) for s in specs]
+        self.on_tools_changed = on_tools_changed  # the daemon tells its clients
+        self._listed = asyncio.Event()  # an upstream listed its tools: register them now
+        self.upstreams = [
+            Upstream(s, metrics=metrics, telemetry=telemetry, on_listed=self._listed.set)
+            for s in specs
+        ]
         self._entries: dict[str, UpstreamTool] = {}  # by NAME.tool: what is registered
         self._refused: set[str] = set()  # NAME.tool taken by a --tools tool: said once
         self._watcher: asyncio.Task[None] | None = None
@@ -440,11 +451,13 @@ class Gateway:
         self._register()
         self._watcher = asyncio.create_task(self._keep_registered())
 
-    def _register(self) -> None:
+    def _register(self) -> bool:
         """Make the registry match what each upstream listed last: new tools added, tools
         whose listing changed (schema, description) replaced, tools it no longer lists
-        removed (a call to one would only get "unknown tool" from the upstream)."""
+        removed (a call to one would only get "unknown tool" from the upstream). Return
+        whether anything a client lists changed."""
         single = len(self.upstreams) == 1
+        changed = False
         for upstream in self.upstreams:
             if upstream.state != "ready":
                 continue  # restarting: keep its tools, their calls say why they fail
@@ -455,6 +468,7 @@ class Gateway:
                 if listed.get(qualified) != entry.listing:
                     self.registry.remove_external(entry)
                     del self._entries[qualified]
+                    changed = True
                     if qualified not in listed:
                         log.warning(
                             "upstream %s: tool %r is no longer listed; removed",
@@ -484,12 +498,23 @@ class Gateway:
                     self._refused.add(qualified)
                     continue
                 self._entries[qualified] = entry
+                changed = True
+        return changed
 
     async def _keep_registered(self) -> None:
-        """An upstream that starts late (or comes back with new tools) gets registered."""
+        """An upstream that starts late, comes back with other tools or says its tools
+        changed gets registered again, and the daemon's clients hear of any change
+        (``notifications/tools/list_changed``). Checked when an upstream lists its
+        tools, and every second whatever happens."""
         while True:
-            await asyncio.sleep(1.0)
-            self._register()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._listed.wait(), 1.0)
+            self._listed.clear()
+            if self._register() and self.on_tools_changed is not None:
+                try:
+                    await self.on_tools_changed()
+                except Exception:
+                    log.exception("telling clients the tool list changed failed")
 
     async def stop(self) -> None:
         if self._watcher is not None:

@@ -165,6 +165,7 @@ class Runtime:
                 metrics=self.metrics,
                 telemetry=self.telemetry,
                 timeout=self.settings.bustrail_tool_timeout_seconds,
+                on_tools_changed=self.tools_changed,
             )
             await self.gateway.start()
         abandoned = await asyncio.to_thread(self._recover)
@@ -172,6 +173,22 @@ class Runtime:
             log.warning(
                 "recovery: %d transaction(s) left pending by a crash marked failed", abandoned
             )
+
+    async def tools_changed(self, timeout: float = 5.0) -> None:
+        """Tell every client that has initialized that the tool list changed (MCP's
+        ``notifications/tools/list_changed``); a client too slow to take it within
+        ``timeout`` or already gone just misses it."""
+        note = {"jsonrpc": "2.0", "method": "notifications/tools/list_changed"}
+
+        async def tell(session: Any) -> None:
+            try:
+                await asyncio.wait_for(session.send(note), timeout)
+            except Exception as exc:
+                log.info("tools changed: session %s not told: %r", session.id[:8], exc)
+
+        told = [s for s in list(self.sessions) if s.initialized]
+        await asyncio.gather(*(tell(s) for s in told))
+        log.info("tools changed: told %d client(s)", len(told))
 
     def _recover(self) -> int:
         with untraced():

@@ -74,6 +74,7 @@ class Session:
         self.peer = peer
         self.client_cap: int | None = None  # from initialize; None means 1 MiB
         self.client_info: dict[str, Any] = {}
+        self.initialized = False  # it has sent initialize: it may hear notifications
         self._send_raw = send
         self._send_lock = asyncio.Lock()
         self._calls: dict[str | int, asyncio.Task[None]] = {}
@@ -194,10 +195,12 @@ class Session:
         asked = params.get("protocolVersion")
         version = asked if asked in PROTOCOL_VERSIONS else PROTOCOL_VERSIONS[0]
         settings = self.runtime.settings
+        self.initialized = True
         return {
             "protocolVersion": version,
             "capabilities": {
-                "tools": {"listChanged": False},
+                # Upstream servers may add or remove tools: the client hears of it.
+                "tools": {"listChanged": bool(self.runtime.upstreams)},
                 "resources": {"subscribe": False, "listChanged": False},
                 "experimental": {
                     "bustrail": {

@@ -320,6 +320,63 @@ def test_tools_the_upstream_adds_or_removes_appear_and_go(tmp_path: Path) -> Non
         assert "text" in tool_names(daemon.url)  # the others stay
 
 
+@pytest.mark.filterwarnings(
+    "ignore:The WebSocket client transport is deprecated:DeprecationWarning"
+)
+def test_clients_connected_through_the_official_sdk_hear_that_the_tools_changed(
+    tmp_path: Path,
+) -> None:
+    """The daemon says ``tools.listChanged`` in gateway mode and, when an upstream adds
+    or removes a tool, sends ``notifications/tools/list_changed`` to every client that
+    initialized: an MCP client (here the official SDK's) then lists them again."""
+    from mcp import ClientSession
+    from mcp import types as mcp_types
+    from mcp.client.websocket import websocket_client
+
+    async def scenario(url: str) -> tuple[bool, list[set[str]]]:
+        heard = asyncio.Queue[None]()
+
+        async def on_message(message: Any) -> None:
+            if isinstance(message, mcp_types.ServerNotification) and isinstance(
+                message.root, mcp_types.ToolListChangedNotification
+            ):
+                heard.put_nowait(None)
+
+        seen = []
+        async with (
+            websocket_client(url) as (read, write),
+            ClientSession(read, write, message_handler=on_message) as session,
+        ):
+            init = await session.initialize()
+            names = {t.name for t in (await session.list_tools()).tools}
+            seen.append(names)
+            await session.call_tool("grow", {})
+            await asyncio.wait_for(heard.get(), 30)
+            seen.append({t.name for t in (await session.list_tools()).tools})
+            await session.call_tool("shrink", {})
+            await asyncio.wait_for(heard.get(), 30)
+            seen.append({t.name for t in (await session.list_tools()).tools})
+            assert heard.empty()  # one notice per change, none for nothing
+            listed_changed = bool(init.capabilities.tools and init.capabilities.tools.listChanged)
+            return listed_changed, seen
+
+    with gateway_daemon(tmp_path, [upstream_spec()]) as daemon:
+        listed_changed, (before, grown, shrunk) = asyncio.run(scenario(daemon.url))
+    assert listed_changed
+    assert "added" not in before and "text" in before
+    assert grown == before | {"added"}
+    assert shrunk == before
+
+
+def test_without_upstreams_the_tool_list_is_said_not_to_change(tmp_path: Path) -> None:
+    async def scenario(url: str) -> Any:
+        async with await Client.connect(url) as client:
+            return client.server["capabilities"]["tools"]
+
+    with gateway_daemon(tmp_path, []) as daemon:
+        assert asyncio.run(scenario(daemon.url)) == {"listChanged": False}
+
+
 # -- 3. the detectors see gateway traffic like any other -----------------------------------
 def test_empty_and_error_text_successes_are_found_as_empty_success(tmp_path: Path) -> None:
     with gateway_daemon(tmp_path, [upstream_spec()]) as daemon:
