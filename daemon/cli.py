@@ -707,8 +707,10 @@ def demo(
     console.print(
         f"\nReport: {outcome.report.resolve()}\n"
         "Dashboard: .venv/bin/bustrail dashboard   (then open http://127.0.0.1:8501)\n"
-        "Metrics:   .venv/bin/bustrail serve, then open http://127.0.0.1:8765/metrics\n"
-        "Debt:      .venv/bin/bustrail debt list"
+        "Metrics:   BUSTRAIL_AUTH_DISABLED=true .venv/bin/bustrail serve   "
+        "(then open http://127.0.0.1:8765/metrics)\n"
+        "Debt:      .venv/bin/bustrail debt list",
+        soft_wrap=True,  # commands to copy: never broken over lines
     )
     if outcome.missed:
         raise typer.Exit(1)

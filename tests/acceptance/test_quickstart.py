@@ -7,12 +7,17 @@ trip, and leaves a database the dashboard can open.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,3 +107,52 @@ def test_make_demo_in_a_fresh_clone(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stderr
     assert check.stdout.splitlines()[0] == "ok", check.stdout
     assert check.stdout.splitlines()[1].startswith("True"), check.stdout
+
+    # The commands the demo prints at its end work as printed, each given a free port,
+    # on the database the demo left: the dashboard answers, /metrics shows its debt.
+    hints = re.findall(r"^(Dashboard|Metrics): +(.+?) +\(then open (\S+)\)$", output, re.M)
+    assert [name for name, _, _ in hints] == ["Dashboard", "Metrics"], output[-1500:]
+    for name, command, url in hints:
+        port = _free_port()
+        url = re.sub(r":\d+/?", f":{port}/", url, count=1)
+        body = _serve_and_get(f"{command} --port {port}", url, clone, env)
+        if name == "Metrics":
+            assert "bustrail_findings_open{" in body, body[:2000]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _serve_and_get(command: str, url: str, cwd: Path, env: dict[str, str]) -> str:
+    """Start ``command`` in a shell, GET ``url`` once it answers, stop it; the body."""
+    server = subprocess.Popen(
+        command,
+        shell=True,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, f"{command!r} exited: {server.stdout.read()}"  # type: ignore[union-attr]
+            with contextlib.suppress(httpx.TransportError):
+                response = httpx.get(url, timeout=10)
+                if response.status_code == 200:
+                    return response.text
+            assert time.monotonic() < deadline, f"{url} never answered 200 to {command!r}"
+            time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        server.stdout.close()  # type: ignore[union-attr]
