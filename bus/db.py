@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import threading
 import time
 import uuid
@@ -21,6 +22,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote_plus
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -122,12 +124,28 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# Query parameters that hold a secret: libpq's password and sslpassword, and the
+# like (a driver's or a proxy's token, secret, api_key).
+_SECRET_PARAMETER = re.compile(r"pass(word|wd)|pwd|secret|token|api_?key", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """A database URL with its password replaced by ***."""
+    """A database URL with its password, in ``user:password@`` and in the query
+    (``?password=``, ``?sslpassword=``, ...), replaced by ***."""
     try:
-        return sa.engine.make_url(url).render_as_string(hide_password=True)
+        parsed = sa.engine.make_url(url)
     except sa.exc.ArgumentError:
         return "<unparseable database URL>"
+    # The query as SQLAlchemy renders one (sorted keys, quote_plus), secrets as ***.
+    shown = parsed.set(query={}).render_as_string(hide_password=True)
+    pairs = [(key, value) for key in sorted(parsed.query) for value in parsed.normalized_query[key]]
+    if not pairs:
+        return shown
+    query = "&".join(
+        f"{quote_plus(key)}={'***' if _SECRET_PARAMETER.search(key) else quote_plus(value)}"
+        for key, value in pairs
+    )
+    return f"{shown}?{query}"
 
 
 class Database:

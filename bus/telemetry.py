@@ -29,7 +29,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
-from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
@@ -67,15 +67,17 @@ def make_tracer_provider(
 ) -> TracerProvider:
     """A provider exporting to ``none``, ``console`` or ``otlp`` (OTEL_EXPORTER_OTLP_*).
 
+    Its resource is the SDK's, so the standard variables are obeyed: OTEL_SERVICE_NAME
+    and OTEL_RESOURCE_ATTRIBUTES win; ``service_name`` only names the service when
+    neither sets ``service.name``.
+
     With nothing to export to (``none`` and no ``extra`` processor) no span is ever read,
     so spans are not recorded: each still gets its trace and span id (kept in the audit
     records, propagated to child spans), without the attributes and bookkeeping that
     were a third of a small call's time in the daemon (bench_daemon).
     """
     sampler = ALWAYS_OFF if exporter == "none" and extra is None else None
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": service_name}), sampler=sampler
-    )
+    provider = TracerProvider(resource=_resource(service_name), sampler=sampler)
     if exporter == "console":
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
     elif exporter == "otlp":
@@ -85,6 +87,14 @@ def make_tracer_provider(
     if extra is not None:
         provider.add_span_processor(extra)
     return provider
+
+
+def _resource(default_service_name: str) -> Resource:
+    """The SDK's resource (its defaults, OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME),
+    named ``default_service_name`` when the environment names no service. Attributes
+    given to ``Resource.create`` override the environment's, so ours is only given then."""
+    from_env = OTELResourceDetector().detect().attributes.get(SERVICE_NAME)
+    return Resource.create({} if from_env else {SERVICE_NAME: default_service_name})
 
 
 class ActiveSpan:

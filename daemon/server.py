@@ -51,7 +51,10 @@ def build_registry(settings: Settings, tool_modules: list[str]) -> ToolRegistry:
             registry.load_module(module)
         except (ImportError, ValueError, TypeError) as exc:
             raise SettingsError([f"--tools {module}: {exc}"]) from exc
-    registry.load_entry_points()
+    try:
+        registry.load_entry_points()
+    except ImportError as exc:
+        raise SettingsError([str(exc)]) from exc
     return registry
 
 

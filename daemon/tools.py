@@ -249,6 +249,11 @@ def _plain_arguments(
     return validated if found == len(arguments) else None
 
 
+def _describe(exc: Exception) -> str:
+    """An error for a start-up message: an ImportError says enough, others need a type."""
+    return str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
@@ -295,11 +300,14 @@ class ToolRegistry:
             del self._tools[entry.name]
 
     def load_module(self, import_path: str) -> list[Tool]:
-        """Register every ``@tool`` function of a module; ImportError names the path."""
+        """Register every ``@tool`` function of a module; ImportError names the path,
+        whatever its import raised (a plugin's module may raise anything)."""
         try:
             module = importlib.import_module(import_path)
-        except ImportError as exc:
-            raise ImportError(f"cannot import tools from {import_path!r}: {exc}") from exc
+        except Exception as exc:
+            raise ImportError(
+                f"cannot import tools from {import_path!r}: {_describe(exc)}"
+            ) from exc
         found = [
             value for value in vars(module).values() if callable(value) and hasattr(value, _MARK)
         ]
@@ -308,9 +316,19 @@ class ToolRegistry:
         return [self.add(fn) for fn in found]
 
     def load_entry_points(self) -> list[Tool]:
+        """Register the tools of every module named in the ``bustrail.tools`` entry-point
+        group. One that cannot be loaded is an ImportError naming the entry point, its
+        distribution and what went wrong: a broken plugin stops the start-up, clearly."""
         loaded: list[Tool] = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
-            loaded.extend(self.load_module(ep.module))
+            try:
+                loaded.extend(self.load_module(ep.module))
+            except Exception as exc:
+                dist = f" of {ep.dist.name}" if ep.dist is not None else ""
+                raise ImportError(
+                    f"entry point {ep.name!r}{dist} ({ENTRY_POINT_GROUP}: {ep.value}): "
+                    f"{_describe(exc)}"
+                ) from exc
         return loaded
 
 
@@ -389,9 +407,11 @@ async def echo(text: str) -> str:
     return text
 
 
-def generate(size: int, seed: int = 0) -> str:
+def generate(size: int, seed: int = 0) -> ToolResult:
     """Return realistic JSON text of about `size` bytes (the same for the same seed)."""
-    return generate_json(size, seed)
+    # JSON already: returned as a str it would be text/plain (ToolResult.of), and its
+    # stored resource_link, download and preview would not say it is JSON.
+    return ToolResult(generate_json(size, seed).encode(), "application/json")
 
 
 async def sleep(seconds: float) -> str:

@@ -1,5 +1,6 @@
 """Tests for bus.db's transaction ids: UUIDv7 with the creation time inside, random bits
-from the operating system's CSPRNG (drawn a block at a time), never shared with a fork."""
+from the operating system's CSPRNG (drawn a block at a time), never shared with a fork;
+and the masking of secrets in database URLs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from bus.db import _RandomPool, created_at_of, new_transaction_id
+from bus.db import _RandomPool, created_at_of, mask_url, new_transaction_id
 
 
 def test_a_transaction_id_is_a_uuid7_carrying_its_creation_time() -> None:
@@ -53,3 +54,28 @@ def test_a_forked_child_does_not_hand_out_its_parents_ids() -> None:
     parent_id = new_transaction_id()[0]
     # Same millisecond or not, the random bits differ: the child started a new block.
     assert child_id.int & ((1 << 74) - 1) != parent_id.int & ((1 << 74) - 1)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:s3cr3t@db:5432/bus", "postgresql://app:***@db:5432/bus"),
+        ("postgresql://db/bus?password=qpw", "postgresql://db/bus?password=***"),
+        (
+            "postgresql://app@db/bus?sslmode=verify-full&sslpassword=keypw&application_name=a%20b",
+            "postgresql://app@db/bus?application_name=a+b&sslmode=verify-full&sslpassword=***",
+        ),
+        (
+            "postgresql+psycopg://u:pw@db/bus?PassWord=one&password=two&auth_token=t0k",
+            "postgresql+psycopg://u:***@db/bus?PassWord=***&auth_token=***&password=***",
+        ),
+        ("sqlite:///var/bustrail.db", "sqlite:///var/bustrail.db"),
+        ("postgresql://db/bus?connect_timeout=5", "postgresql://db/bus?connect_timeout=5"),
+        ("not a url", "<unparseable database URL>"),
+    ],
+)
+def test_mask_url_hides_passwords_in_the_credentials_and_the_query(url: str, shown: str) -> None:
+    masked = mask_url(url)
+    assert masked == shown
+    for secret in ("s3cr3t", "qpw", "keypw", "one", "two", "t0k"):
+        assert f"={secret}" not in masked and f":{secret}@" not in masked

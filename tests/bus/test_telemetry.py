@@ -227,14 +227,65 @@ def test_tracing_off_makes_no_spans_at_all(exporter: InMemorySpanExporter, tmp_p
     assert span_ids in ((None, None), (f"{TRACE:032x}", f"{PARENT:016x}"))
 
 
-def test_the_provider_names_the_service(exporter: InMemorySpanExporter) -> None:
-    provider = make_tracer_provider(
-        service_name="bustrail-test", extra=SimpleSpanProcessor(exporter)
-    )
-    provider.get_tracer("t").start_span("s").end()
+def _resource_of(**kwargs: Any) -> dict[str, Any]:
+    """The resource attributes of a span made through make_tracer_provider(**kwargs)."""
+    exporter = InMemorySpanExporter()
+    provider = make_tracer_provider(extra=SimpleSpanProcessor(exporter), **kwargs)
+    try:
+        provider.get_tracer("t").start_span("s").end()
+    finally:
+        provider.shutdown()
     (span,) = finished(exporter)
-    assert span.resource.attributes["service.name"] == "bustrail-test"
-    provider.shutdown()
+    return dict(span.resource.attributes)
+
+
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No OTEL_* resource variable from the environment the tests run in."""
+    for name in ("OTEL_SERVICE_NAME", "OTEL_RESOURCE_ATTRIBUTES"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_the_provider_names_the_service(otel_env: pytest.MonkeyPatch) -> None:
+    assert _resource_of(service_name="bustrail-test")["service.name"] == "bustrail-test"
+
+
+def test_bustrail_is_the_service_name_when_the_environment_names_none(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    otel_env.setenv("OTEL_SERVICE_NAME", "")  # empty: not a name (the SDK's reading)
+    otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment=staging")
+    attributes = _resource_of()
+    assert attributes["service.name"] == "bustrail"
+    assert attributes["deployment.environment"] == "staging"
+    assert attributes["telemetry.sdk.name"] == "opentelemetry"  # the SDK's defaults stay
+
+
+def test_otel_service_name_wins_over_the_default(otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("OTEL_SERVICE_NAME", "orders-daemon")
+    assert _resource_of()["service.name"] == "orders-daemon"
+    assert _resource_of(service_name="other")["service.name"] == "orders-daemon"
+
+
+def test_otel_resource_attributes_name_the_service_and_add_attributes(
+    otel_env: pytest.MonkeyPatch,
+) -> None:
+    otel_env.setenv(
+        "OTEL_RESOURCE_ATTRIBUTES", "service.name=from-attributes,service.namespace=shop"
+    )
+    attributes = _resource_of()
+    assert (attributes["service.name"], attributes["service.namespace"]) == (
+        "from-attributes",
+        "shop",
+    )
+    # Both set: OTEL_SERVICE_NAME wins, as the specification says.
+    otel_env.setenv("OTEL_SERVICE_NAME", "from-service-name")
+    attributes = _resource_of()
+    assert (attributes["service.name"], attributes["service.namespace"]) == (
+        "from-service-name",
+        "shop",
+    )
 
 
 # -- nothing sampled (no exporter, the default): spans made without the SDK's tracer ------

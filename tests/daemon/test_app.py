@@ -8,14 +8,16 @@ import hashlib
 import json
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import websockets
+from websockets.typing import Subprotocol
 
-from bus.db import new_transaction_id
+from bus.db import as_utc, new_transaction_id
 from daemon.client import Client, ClientError, RPCError
 from daemon.tools import generate_json
 from tests.daemon.support import (
@@ -64,12 +66,46 @@ def test_results_of_every_size_arrive_byte_identical_and_audited(tmp_path: Path)
         if size < ONE_MIB:
             assert result.route == row["route"] == "inline"
             assert row["status"] == "delivered" and row["delivered_at"] is not None
+            assert result.meta == {
+                "transaction_id": result.transaction_id,
+                "route": "inline",
+                "size": len(expected),
+                "checksum": f"sha256:{row['checksum']}",
+            }
         else:
             assert result.route == row["route"] == "store"
             assert row["status"] == "fetched"
             assert row["fetch_count"] == 1 and row["first_fetched_at"] is not None
             assert row["first_fetched_at"] >= row["stored_at"]
             assert result.meta["stored_size"] == row["stored_size"] < len(expected)
+            _assert_claim_check(result, row, len(expected))
+
+
+def _assert_claim_check(result: Any, row: dict[str, Any], size: int) -> None:
+    """The whole ``_meta.bustrail`` of a stored result and its resource_link."""
+    tx_id = str(row["id"])
+    meta = dict(result.meta)
+    expires_at = datetime.fromisoformat(meta.pop("expires_at"))
+    assert as_utc(expires_at) == as_utc(row["expires_at"]) > row["stored_at"]
+    assert meta == {
+        "transaction_id": tx_id,
+        "route": "store",
+        "size": size,
+        "stored_size": row["stored_size"],
+        "compression": row["compression"],
+        "checksum": f"sha256:{row['checksum']}",
+        "download": f"/v1/transactions/{tx_id}",
+        "preview": {"shape": "json-list", "truncated": True},
+    }
+    assert meta["compression"] == "zstd" and len(meta["checksum"]) == len("sha256:") + 64
+    assert result.resource_link == {
+        "type": "resource_link",
+        "uri": f"bustrail://transactions/{tx_id}",
+        "name": f"generate-{tx_id}",
+        "mimeType": "application/json",
+        "size": size,
+        "description": "Stored result of generate",
+    }
 
 
 def test_the_daemons_own_ceiling_holds_whatever_the_client_accepts(tmp_path: Path) -> None:
@@ -466,6 +502,24 @@ def test_a_disallowed_origin_is_refused(tenant_daemon: Any) -> None:
     assert closed.rcvd is not None and closed.rcvd.code == 1008
     assert "origin" in closed.rcvd.reason
     assert answer == {"jsonrpc": "2.0", "id": 1, "result": {}}
+
+
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [(None, None), (["mcp"], "mcp"), (["graphql-ws", "mcp"], "mcp"), (["graphql-ws"], None)],
+    ids=["none-offered", "mcp", "mcp-among-others", "mcp-not-offered"],
+)
+def test_the_mcp_subprotocol_is_chosen_when_offered(
+    daemon: ThreadDaemon, offered: list[str] | None, chosen: str | None
+) -> None:
+    async def scenario() -> tuple[str | None, dict[str, Any]]:
+        protocols = [Subprotocol(p) for p in offered] if offered is not None else None
+        async with raw_client(daemon.url, subprotocols=protocols) as client:
+            return client.ws.subprotocol, await client.request("ping")
+
+    subprotocol, answer = asyncio.run(scenario())
+    assert subprotocol == chosen
+    assert answer["result"] == {}  # and the connection serves either way
 
 
 # -- operations -------------------------------------------------------------------------

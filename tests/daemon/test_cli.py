@@ -196,15 +196,19 @@ def _ready(http: str) -> bool:
 def test_config_show_masks_secrets(tmp_path: Path) -> None:
     env = daemon_env(
         tmp_path,
-        database_url="postgresql://app:s3cr3t-pw@db.example:5432/bustrail",
+        database_url="postgresql://app:s3cr3t-pw@db.example:5432/bustrail"
+        "?sslmode=require&sslpassword=key-pw&password=query-pw",
         bustrail_auth_tokens="tok-very-secret=alice",
         bustrail_auth_disabled="false",
     )
     done = bustrail("config", "show", env=env)
     assert done.returncode == 0, done.stderr
     lines = dict(line.split("=", 1) for line in done.stdout.splitlines())
-    assert "s3cr3t-pw" not in done.stdout and "tok-very-secret" not in done.stdout
-    assert lines["DATABASE_URL"].startswith("postgresql") and "***" in lines["DATABASE_URL"]
+    for secret in ("s3cr3t-pw", "key-pw", "query-pw", "tok-very-secret"):
+        assert secret not in done.stdout, secret
+    assert lines["DATABASE_URL"] == (
+        "postgresql://app:***@db.example:5432/bustrail?password=***&sslmode=require&sslpassword=***"
+    )
     assert lines["BUSTRAIL_AUTH_TOKENS"] == "********"
     assert lines["MESSAGE_BUS_THRESHOLD_BYTES"] == "1048576"
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from daemon.tools import (
     invoke_within,
     tool,
 )
+from tests.daemon.support import raw_client
 from tests.helpers.daemon import thread_daemon
 
 
@@ -224,6 +226,31 @@ def test_generate_is_valid_json_of_about_the_size_and_the_same_for_a_seed(size: 
 def test_builtins_are_all_there(tmp_path: Path) -> None:
     names = {t.name for t in builtin_registry(tmp_path).list()}
     assert names == {"echo", "generate", "sleep", "fail", "read_file"}
+
+
+# -- generate through the daemon ----------------------------------------------------------
+def test_generate_is_json_wherever_its_stored_result_is_seen(tmp_path: Path) -> None:
+    """Its resource_link, resources/read and the HTTP download all say application/json."""
+    with thread_daemon(tmp_path, message_bus_threshold_bytes=64 * 1024) as daemon:
+
+        async def scenario() -> tuple[dict[str, Any], dict[str, Any]]:
+            async with raw_client(daemon.url) as raw:
+                called = await raw.call("generate", {"size": 100_000, "seed": 5})
+                (link,) = [c for c in called["result"]["content"] if c["type"] == "resource_link"]
+                read = await raw.request("resources/read", {"uri": link["uri"]})
+                return called["result"], read["result"]
+
+        result, read = asyncio.run(scenario())
+        tx_id = result["_meta"]["bustrail"]["transaction_id"]
+        download = httpx.get(f"{daemon.http}/v1/transactions/{tx_id}", timeout=60)
+    expected = generate_json(100_000, 5)
+    (link,) = [c for c in result["content"] if c["type"] == "resource_link"]
+    assert link["mimeType"] == "application/json"
+    assert result["_meta"]["bustrail"]["preview"]["shape"] == "json-list"
+    (contents,) = read["contents"]
+    assert (contents["mimeType"], contents["text"]) == ("application/json", expected)
+    assert download.headers["content-type"].startswith("application/json")
+    assert download.text == expected
 
 
 # -- read_file through the daemon ---------------------------------------------------------
