@@ -13,19 +13,10 @@ The core (:meth:`CircuitBreaker.allow`, :meth:`~CircuitBreaker.record_success`,
 and reads time only from the injected clock; :meth:`~CircuitBreaker.call` and
 :meth:`~CircuitBreaker.call_async` wrap it for sync and ``await`` calls.
 
-Why not a library (evaluated against these needs, 2025):
-- pybreaker 1.4: consecutive-failure count only; no failure-rate window, no slow calls,
-  one half-open trial call; wall clock (``datetime.now``) not injectable; its lock is
-  held *during* the guarded call (serialises every call); async only through Tornado.
-- aiobreaker 1.2 (2021) / asyncbreaker: pybreaker forks with the same counting model.
-- purgatory 3.0: consecutive count + TTL, ``time.time()`` hard-wired, half-open admits
-  every caller (no probe limit), no rate window, no slow calls.
-- circuitbreaker / pycircuitbreaker: consecutive count, one trial call, no rate or slow.
-- aiomisc CircuitBreaker: time-bucketed error ratio with random pass-through while
-  recovering; no consecutive count, no probe limit, no slow calls; pulls in aiomisc.
-None combines a count-based window, slow calls, a half-open probe limit, transition
-reasons with the failure rate and an injectable clock; adapting one would mean
-rewriting its state classes, so this module implements the state machine itself.
+Why not a library (pybreaker, aiobreaker, purgatory, circuitbreaker, aiomisc): none
+combines a count-based failure-rate window, slow calls, a half-open probe limit,
+transition reasons with the failure rate and an injectable clock; the evaluation is
+in docs/decisions/circuit-breaker.md.
 """
 
 from __future__ import annotations

@@ -23,6 +23,9 @@ __all__ = ["DEFAULT_DATABASE_URL", "Settings", "load_settings", "parse_auth_toke
 MIB = 1024 * 1024
 DEFAULT_DATABASE_URL = "sqlite:///.bustrail/bustrail.db"
 _LEVELS = {"gzip": (1, 9), "zstd": (1, 22)}  # MESSAGE_BUS_COMPRESSION_LEVEL per codec
+_BOOLEANS = "use true/false, 1/0, yes/no or on/off"  # all pydantic reads (also t/f, y/n)
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
 
 
 class Settings(BaseSettings):
@@ -276,7 +279,7 @@ class Settings(BaseSettings):
             except OSError as exc:
                 raise SettingsError([f"{source}: cannot read: {exc.strerror}"]) from exc
         try:
-            value = json.loads(raw)
+            value = json.loads(raw, object_pairs_hook=_unique_keys)
         except ValueError as exc:
             raise SettingsError(
                 [f'{source}: expected JSON like {{"NAME": "COMMAND"}}: {exc}']
@@ -289,6 +292,17 @@ class Settings(BaseSettings):
 
     def allowed_origins(self) -> list[str]:
         return [o.strip() for o in self.bustrail_allowed_origins.split(",") if o.strip()]
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are unique: plain ``json.loads`` keeps the last of a
+    repeated name, so an upstream named twice would silently lose its first command."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ValueError(f"{key!r} is named twice")
+        value[key] = item
+    return value
 
 
 def parse_auth_tokens(raw: str) -> dict[str, str]:
@@ -325,5 +339,30 @@ def load_settings(**overrides: Any) -> Settings:
             field = str(error["loc"][0])
             given = error.get("input")
             shown = "***" if field in {"database_url", "bustrail_auth_tokens"} else given
-            problems.append(f"{field.upper()}={shown!r}: {message}")
+            accepted = _accepted(field, str(error["type"]))
+            problems.append(
+                f"{field.upper()}={shown!r}: {message}" + (f"; {accepted}" if accepted else "")
+            )
         raise SettingsError(problems) from None
+
+
+def _accepted(field: str, error_type: str) -> str:
+    """What a boolean or bounded number setting accepts, where pydantic's message does
+    not already say all of it ("use an integer >= 65536 and <= 268435456"), or ""."""
+    info = Settings.model_fields.get(field)
+    if info is None:
+        return ""
+    if info.annotation is bool:
+        return _BOOLEANS
+    if info.annotation not in (int, float):
+        return ""
+    bounds = [
+        f"{sign} {getattr(bound, name)}"
+        for bound in info.metadata
+        for name, sign in _BOUNDS
+        if hasattr(bound, name)
+    ]
+    if not bounds or (error_type in _BOUND_ERRORS and len(bounds) == 1):
+        return ""  # nothing to add: any number, or the one bound pydantic named
+    kind = "an integer" if info.annotation is int else "a number"
+    return f"use {kind} {' and '.join(bounds)}"

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from bus.audit import AuditWriter
-from bus.breaker import BreakerConfig, BreakerState, CircuitBreaker
+from bus.breaker import BreakerConfig, BreakerState, CircuitBreaker, Transition
 from bus.db import Database, normalize_url
 from bus.errors import StoreError
 from bus.messagebus import Delivery, MessageBus
@@ -105,6 +105,28 @@ class Bus:
             ).all()
         return [tuple(r) for r in found]  # type: ignore[misc]
 
+    def transitions(self) -> list[tuple[str, str, str, float, int]]:
+        """Every recorded transition with the numbers stored with it, read with plain SQL."""
+        with self.direct.begin() as conn:
+            found = conn.execute(
+                sa.text(
+                    "SELECT from_state, to_state, reason, failure_rate, consecutive_failures "
+                    "FROM breaker_events ORDER BY at, id"
+                )
+            ).all()
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in found]
+
+
+def as_recorded(transition: Transition) -> tuple[str, str, str, float, int]:
+    """A transition as the breaker computed it, in the shape of Bus.transitions()."""
+    return (
+        transition.from_state.value,
+        transition.to_state.value,
+        transition.reason,
+        transition.failure_rate,
+        transition.consecutive_failures,
+    )
+
 
 def inline_builder(payload: bytes) -> Callable[[Route, str], bytes]:
     def build(route: Route, checksum: str) -> bytes:
@@ -126,7 +148,9 @@ def inline_builder(payload: bytes) -> Callable[[Route, str], bytes]:
 def make_bus(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., Bus]]:
     made: list[tuple[AuditWriter, list[Database], TCPProxy]] = []
 
-    def make(*, fallback: bool = True, threshold: int = 3) -> Bus:
+    def make(
+        *, fallback: bool = True, threshold: int = 3, config: BreakerConfig | None = None
+    ) -> Bus:
         target = sa.engine.make_url(normalize_url(pg_url))
         proxy = TCPProxy(target.host or "127.0.0.1", target.port or 5432)
         through = target.set(host="127.0.0.1", port=proxy.port)
@@ -138,7 +162,7 @@ def make_bus(pg_url: str, tmp_path: Path) -> Iterator[Callable[..., Bus]]:
         clock = Clock()
         breaker = CircuitBreaker(
             "store",
-            BreakerConfig(failure_threshold=threshold, window_size=20, minimum_calls=20),
+            config or BreakerConfig(failure_threshold=threshold, window_size=20, minimum_calls=20),
             clock,
             is_failure=lambda exc: isinstance(exc, StoreError),
         )
@@ -296,6 +320,10 @@ def test_the_breaker_recovers_through_half_open_and_every_step_is_recorded(
     make_bus: Callable[..., Bus],
 ) -> None:
     b = make_bus(threshold=3)
+    seen: list[Transition] = []
+    b.breaker.add_listener(seen.append)
+    _ctx, first = b.call()  # one success first: the window's failure rate is not just 1
+    assert first.action is Action.STORE
     b.proxy.cut()
     for _ in range(3):
         b.call()
@@ -321,13 +349,57 @@ def test_the_breaker_recovers_through_half_open_and_every_step_is_recorded(
         ("open", "half_open", "open_timeout_elapsed"),
         ("half_open", "closed", "probe_succeeded"),
     ]
+    # The failure rate and consecutive failures stored are the ones the breaker computed:
+    # the window's [ok, failed x3] when it opened (carried through open), then the probes.
+    assert b.transitions() == [as_recorded(t) for t in seen]
+    assert b.transitions() == [
+        ("closed", "open", "consecutive_failures", 0.75, 3),
+        ("open", "half_open", "open_timeout_elapsed", 0.75, 3),
+        ("half_open", "open", "probe_failed", 1.0, 4),
+        ("open", "half_open", "open_timeout_elapsed", 1.0, 4),
+        ("half_open", "closed", "probe_succeeded", 0.0, 0),
+    ]
     rows = b.rows()
-    assert len(rows) == 3 + 1 + len(probes) + 1
+    assert len(rows) == 1 + 3 + 1 + len(probes) + 1
     stored = [r for r in rows.values() if r.route is Route.STORE]
     assert {r.status for r in stored} == {Status.STORED}
-    assert len(stored) == len(probes) + 1
+    assert len(stored) == 1 + len(probes) + 1
     for row in stored:
         assert b.bus.store.open("acme", row.id).read_all() == PAYLOAD
+
+
+def test_an_opening_on_the_failure_rate_records_the_windows_rate(
+    make_bus: Callable[..., Bus],
+) -> None:
+    """Two successes then two failures fill a window of 4 at 50%: the breaker opens on the
+    rate (not on 2 consecutive failures, far below 10). A half-open round of one success
+    and one failure stores the probes' rate, 1 of 2."""
+    config = BreakerConfig(
+        failure_threshold=10, window_size=4, minimum_calls=4, failure_rate_threshold=0.5
+    )
+    b = make_bus(config=config)
+    seen: list[Transition] = []
+    b.breaker.add_listener(seen.append)
+    assert [b.call()[1].action for _ in range(2)] == [Action.STORE] * 2
+    b.proxy.cut()
+    assert [b.call()[1].action for _ in range(2)] == [Action.FALLBACK] * 2
+    assert b.breaker.state is BreakerState.OPEN
+
+    b.proxy.restore()
+    b.clock.now += config.open_seconds
+    assert b.call()[1].action is Action.STORE  # the first probe succeeds
+    b.proxy.cut()
+    assert b.call()[1].action is Action.FALLBACK  # the second fails: open again
+    assert b.breaker.state is BreakerState.OPEN
+    b.proxy.restore()
+
+    b.settle_audit()
+    assert b.transitions() == [as_recorded(t) for t in seen]
+    assert b.transitions() == [
+        ("closed", "open", "failure_rate", 0.5, 2),
+        ("open", "half_open", "open_timeout_elapsed", 0.5, 2),
+        ("half_open", "open", "probe_failed", 0.5, 1),
+    ]
 
 
 def test_a_result_that_could_not_be_sent_is_failed_not_delivered(

@@ -104,24 +104,32 @@ def test_compression_level_within_the_codecs_range(monkeypatch: pytest.MonkeyPat
 
 # -- one clear error per bad variable ---------------------------------------------------------
 
+BOOLEANS = "use true/false, 1/0, yes/no or on/off"
+CHUNK_RANGE = "use an integer >= 65536 and <= 268435456"
 BAD = [
     # (variable, value, fragments the message must hold)
-    ("MESSAGE_BUS_ENABLED", "maybe", ["valid boolean"]),
-    ("CIRCUIT_BREAKER_ENABLED", "perhaps", ["valid boolean"]),
-    ("FALLBACK_TO_WEBSOCKET", "2", ["valid boolean"]),
-    ("BUSTRAIL_AUTH_DISABLED", "nah", ["valid boolean"]),
+    ("MESSAGE_BUS_ENABLED", "maybe", ["valid boolean", BOOLEANS]),
+    ("CIRCUIT_BREAKER_ENABLED", "perhaps", ["valid boolean", BOOLEANS]),
+    ("FALLBACK_TO_WEBSOCKET", "2", ["valid boolean", BOOLEANS]),
+    ("BUSTRAIL_AUTH_DISABLED", "nah", ["valid boolean", BOOLEANS]),
     ("MESSAGE_BUS_TTL_HOURS", "-1", ["greater than 0"]),
     ("MESSAGE_BUS_TTL_HOURS", "0", ["greater than 0"]),
-    ("MESSAGE_BUS_TTL_HOURS", "two days", ["valid number"]),
+    ("MESSAGE_BUS_TTL_HOURS", "two days", ["valid number", "use a number > 0"]),
     ("MESSAGE_BUS_MAX_PAYLOAD_MB", "-5", ["greater than 0"]),
     ("CIRCUIT_BREAKER_THRESHOLD", "-4", ["greater than or equal to 1"]),
     ("CIRCUIT_BREAKER_THRESHOLD", "0", ["greater than or equal to 1"]),
-    ("CIRCUIT_BREAKER_THRESHOLD", "five", ["valid integer"]),
-    ("CIRCUIT_BREAKER_FAILURE_RATE", "1.5", ["less than or equal to 1"]),
+    ("CIRCUIT_BREAKER_THRESHOLD", "five", ["valid integer", "use an integer >= 1"]),
+    (
+        "CIRCUIT_BREAKER_FAILURE_RATE",
+        "1.5",
+        ["less than or equal to 1", "use a number > 0 and <= 1"],
+    ),
+    ("CIRCUIT_BREAKER_FAILURE_RATE", "half", ["valid number", "use a number > 0 and <= 1"]),
     ("CIRCUIT_BREAKER_WINDOW_SIZE", "0", ["greater than or equal to 1"]),
     ("MESSAGE_BUS_THRESHOLD_BYTES", "100", ["greater than or equal to 1024"]),
-    ("MESSAGE_BUS_CHUNK_BYTES", "1000", ["greater than or equal to 65536"]),
-    ("MESSAGE_BUS_CHUNK_BYTES", str(512 * MIB), ["less than or equal to 268435456"]),
+    ("MESSAGE_BUS_CHUNK_BYTES", "1000", ["greater than or equal to 65536", CHUNK_RANGE]),
+    ("MESSAGE_BUS_CHUNK_BYTES", str(512 * MIB), ["less than or equal to 268435456", CHUNK_RANGE]),
+    ("DATABASE_POOL_SIZE", "2.5", ["valid integer", "use an integer >= 1 and <= 200"]),
     ("WEBSOCKET_MAX_MESSAGE_MB", "0", ["greater than 0"]),
     ("DATABASE_POOL_SIZE", "0", ["greater than or equal to 1"]),
     ("BUSTRAIL_AUDIT_BATCH_SIZE", "0", ["greater than or equal to 1"]),
@@ -148,6 +156,47 @@ def test_each_bad_setting_is_named_once_with_what_it_accepts(
     for fragment in fragments:
         assert fragment in message, message
     assert "Traceback" not in message and "pydantic" not in message
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "line"),
+    [
+        (
+            "MESSAGE_BUS_ENABLED",
+            "maybe",
+            "MESSAGE_BUS_ENABLED='maybe': Input should be a valid boolean, unable to interpret "
+            f"input; {BOOLEANS}",
+        ),
+        # One bound: pydantic's message already says it; nothing is added.
+        ("MESSAGE_BUS_TTL_HOURS", "0", "MESSAGE_BUS_TTL_HOURS='0': Input should be greater than 0"),
+        (
+            "CIRCUIT_BREAKER_THRESHOLD",
+            "0",
+            "CIRCUIT_BREAKER_THRESHOLD='0': Input should be greater than or equal to 1",
+        ),
+        # No bounds: nothing to add to "a valid integer".
+        (
+            "MESSAGE_BUS_COMPRESSION_LEVEL",
+            "fast",
+            "MESSAGE_BUS_COMPRESSION_LEVEL='fast': Input should be a valid integer, unable to "
+            "parse string as an integer",
+        ),
+    ],
+)
+def test_what_is_accepted_is_added_only_where_it_says_more(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, line: str
+) -> None:
+    assert _error(monkeypatch, **{name: value}).splitlines()[1:] == [f"  {line}"]
+
+
+@pytest.mark.parametrize("pair", BOOLEANS.removeprefix("use ").replace(" or ", ", ").split(", "))
+def test_the_boolean_spellings_the_error_offers_are_accepted(
+    monkeypatch: pytest.MonkeyPatch, pair: str
+) -> None:
+    yes, no = pair.split("/")
+    for value, expected in ((yes, True), (no, False), (yes.upper(), True), (no.upper(), False)):
+        monkeypatch.setenv("MESSAGE_BUS_ENABLED", value)
+        assert load_settings().message_bus_enabled is expected, value
 
 
 @pytest.mark.parametrize(
@@ -263,6 +312,13 @@ def test_config_show_masks_secrets(clean_env: Path) -> None:
     assert shown["MESSAGE_BUS_TTL_HOURS"] == "12.0"
     assert shown["CIRCUIT_BREAKER_THRESHOLD"] == "5"
     assert {name.lower() for name in shown} >= set(Settings.model_fields)
+
+
+def test_config_show_says_which_booleans_it_accepts(clean_env: Path) -> None:
+    done = _cli(["config", "show"], {"MESSAGE_BUS_ENABLED": "maybe"}, clean_env)
+    assert done.returncode == 2
+    assert "MESSAGE_BUS_ENABLED='maybe': Input should be a valid boolean" in done.stderr
+    assert BOOLEANS in done.stderr
 
 
 def test_config_show_with_a_bad_setting_is_one_line_and_exit_2(clean_env: Path) -> None:

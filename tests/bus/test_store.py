@@ -9,11 +9,13 @@ import random
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import sqlalchemy as sa
 import zstandard
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from bus.codec import Compression
 from bus.db import Database, new_transaction_id
@@ -632,3 +634,107 @@ def test_abandon_pending_fails_old_pending_rows_and_sweeps_orphaned_chunks(db: D
     assert store.info("acme", stored.id).status is Status.STORED
 
     assert store.abandon_pending(3600, now=now) == 0
+
+
+# -- the property: any payload, codec and chunk size through the real store --------------
+
+MIB = 1024 * KIB
+MB = 1_000_000
+MAX_PAYLOAD = 20 * MB
+MAX_CHUNKS = 2_000  # each chunk is a database transaction: this bounds a case's time
+SHAPES = ("text", "random", "text_then_random", "random_then_text")
+
+
+class Case(NamedTuple):
+    """A payload described by a few numbers (cheap to draw, shrink and print)."""
+
+    shape: str
+    size: int
+    seed: int
+    split: int  # where text turns random, or random turns text
+    chunk_bytes: int
+
+    def payload(self) -> bytes:
+        """Text (a 64 KiB block of it, repeated) shrinks; random bytes do not."""
+        block = text_like(min(self.size, 64 * KIB), self.seed) or b"x"
+        rng = random.Random(self.seed)
+
+        def text(n: int) -> bytes:
+            return (block * (n // len(block) + 1))[:n]
+
+        head, tail = self.split, self.size - self.split
+        return {
+            "text": lambda: text(self.size),
+            "random": lambda: rng.randbytes(self.size),
+            "text_then_random": lambda: text(head) + rng.randbytes(tail),
+            "random_then_text": lambda: rng.randbytes(head) + text(tail),
+        }[self.shape]()
+
+
+@st.composite
+def cases(draw: st.DrawFn) -> Case:
+    """Mostly up to 64 KiB or 2 MiB, about one in six up to 20 MB; chunks from 1 KiB to
+    6 MiB, but never more than MAX_CHUNKS of them."""
+    # Hypothesis favours small integers: a drawn count of KiB or MB spreads the sizes.
+    tier = draw(st.sampled_from(["small", "small", "medium", "medium", "medium", "large"]))
+    if tier == "small":
+        size = draw(st.integers(0, 64 * KIB))
+    elif tier == "medium":
+        size = draw(st.integers(64, 2 * KIB)) * KIB + draw(st.integers(0, KIB - 1))
+    else:
+        size = min(draw(st.integers(2, 20)) * MB + draw(st.integers(0, MB - 1)), MAX_PAYLOAD)
+    low = max(KIB, -(-size // MAX_CHUNKS))
+    chunk_bytes = draw(
+        st.one_of(st.integers(low, max(low, 64 * KIB)), st.integers(max(low, 64 * KIB), 6 * MIB))
+    )
+    return Case(
+        shape=draw(st.sampled_from(SHAPES)),
+        size=size,
+        seed=draw(st.integers(0, 2**32)),
+        split=draw(st.integers(0, size)),
+        chunk_bytes=chunk_bytes,
+    )
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@example(  # the largest payload, incompressible, in the most chunks allowed
+    case=Case("random", MAX_PAYLOAD, 1, 0, MAX_PAYLOAD // MAX_CHUNKS),
+    compression=Compression.ZSTD,
+)
+@example(  # compressible, in chunks larger than PostgreSQL's 1 MiB read slice
+    case=Case("text", 12 * MB, 2, 0, 3 * MIB + 1), compression=Compression.GZIP
+)
+@given(case=cases(), compression=st.sampled_from(list(Compression)))
+def test_any_payload_codec_and_chunk_size_round_trips_through_the_store(
+    db: Database, case: Case, compression: Compression
+) -> None:
+    payload = case.payload()
+    store = make_store(
+        db, compression=compression, chunk_bytes=case.chunk_bytes, max_payload_bytes=MAX_PAYLOAD
+    )
+    record = store.put(TransactionContext(tenant="acme"), payload)
+
+    assert record.size == len(payload)
+    assert record.checksum == hashlib.sha256(payload).hexdigest()
+    stored = sql(
+        db,
+        "SELECT seq, length(data) FROM chunks WHERE transaction_id = :id ORDER BY seq",
+        id=uid(db, record.id),
+    )
+    assert record.chunk_count == len(stored)
+    assert [seq for seq, _ in stored] == list(range(record.chunk_count))
+    assert sum(n for _, n in stored) == record.stored_size
+    assert all(n == case.chunk_bytes for _, n in stored[:-1])
+    assert not stored or 0 < stored[-1][1] <= case.chunk_bytes
+
+    if compression is Compression.NONE or case.shape == "random":
+        assert record.compression is Compression.NONE
+    elif case.shape == "text" and case.size >= 4 * KIB:
+        assert record.compression is compression
+        assert record.stored_size is not None and record.stored_size < record.size
+
+    assert b"".join(store.read("acme", record.id)) == payload
