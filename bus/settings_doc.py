@@ -64,8 +64,9 @@ def reference_markdown() -> str:
         )
     lines += [
         "",
-        "Tracing also reads the standard `OTEL_*` variables (e.g.",
-        "`OTEL_EXPORTER_OTLP_ENDPOINT`, `OTEL_SERVICE_NAME`) when",
+        "Tracing also reads the standard `OTEL_*` variables: `OTEL_SERVICE_NAME` and",
+        "`OTEL_RESOURCE_ATTRIBUTES` name the service (default `bustrail`) with any exporter,",
+        "`OTEL_EXPORTER_OTLP_*` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`) configure",
         "`BUSTRAIL_TRACE_EXPORTER=otlp`.",
         "",
     ]
