@@ -66,7 +66,7 @@ def reference_markdown() -> str:
         "",
         "Tracing also reads the standard `OTEL_*` variables: `OTEL_SERVICE_NAME` and",
         "`OTEL_RESOURCE_ATTRIBUTES` name the service (default `bustrail`) with any exporter,",
-        "`OTEL_EXPORTER_OTLP_*` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`) configure",
+        "`OTEL_EXPORTER_OTLP_*` (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`) configure the exporter of",
         "`BUSTRAIL_TRACE_EXPORTER=otlp`.",
         "",
     ]
