@@ -2,6 +2,9 @@
 
 Each module has ``run() -> list[BenchResult]`` (and may be run alone:
 ``python -m bench.bench_store``). ``python -m bench NAME ...`` runs only those.
+``BUSTRAIL_BENCH_SCALE=0.01 python -m bench`` is a smoke run: every module and code
+path at a hundredth of the sizes, rows and rounds, in ~20 s; its figures are
+marked and not comparable (``bench.common.scaled``).
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import sys
 import time
 
 import bench
-from bench.common import BenchResult, print_results
+from bench.common import BenchResult, print_results, scale_note
 
 
 def main(argv: list[str]) -> int:
@@ -21,6 +24,9 @@ def main(argv: list[str]) -> int:
     )
     if argv:
         names = [n for n in names if n in argv or n.removeprefix("bench_") in argv]
+    note = scale_note()
+    if note:
+        print(f"== {note}")
     everything: list[BenchResult] = []
     started = time.perf_counter()
     for name in names:
@@ -29,7 +35,7 @@ def main(argv: list[str]) -> int:
         results = module.run()
         print_results(f"{name} ({time.perf_counter() - t0:.0f}s)", results)
         everything.extend(results)
-    print(f"\n== summary ({time.perf_counter() - started:.0f}s)")
+    print(f"\n== summary ({time.perf_counter() - started:.0f}s)" + (f"  [{note}]" if note else ""))
     for r in everything:
         print(r.line())
     return 0

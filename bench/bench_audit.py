@@ -36,7 +36,14 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import BenchResult, fresh_database, postgres_missing, print_results, stopwatch
+from bench.common import (
+    BenchResult,
+    fresh_database,
+    postgres_missing,
+    print_results,
+    scaled,
+    stopwatch,
+)
 from bus.audit import AuditWriter
 from bus.db import Database, new_transaction_id, utcnow
 from bus.models import Compression, Direction, Route, Status
@@ -44,8 +51,8 @@ from bus.records import TRANSACTION_COLUMNS
 
 __all__ = ["realistic_rows", "run"]
 
-ROWS = 100_000
-ROUNDS = 5
+ROWS = scaled(100_000, minimum=100)
+ROUNDS = scaled(5, minimum=2)  # 2: both orders
 TARGET = 0.5
 _TENANTS = ("acme", "globex", "initech", "umbrella", "hooli")
 _TOOLS = ("echo", "generate", "read_file", "search", "sql_query", "fetch_url")

@@ -36,16 +36,16 @@ from bench._servers import (
     round_trips,
     stopping,
 )
-from bench.common import BenchResult, print_results
+from bench.common import BenchResult, print_results, scaled
 
 __all__ = ["run"]
 
 TEXT = "x" * 1024
-ROUNDS = 7
-SECONDS = 1.0
+ROUNDS = scaled(7, minimum=2)  # 2: both orders
+SECONDS = scaled(1.0, minimum=0.05)
 TARGET = 0.5
-INLINE_BYTES = 5_000_000
-INLINE_REPEATS = 5
+INLINE_BYTES = scaled(5_000_000, minimum=16_384)
+INLINE_REPEATS = scaled(5, minimum=1)
 MIB = 1024 * 1024
 
 # name, connections, calls in flight per connection, target

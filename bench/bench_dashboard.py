@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -25,17 +26,17 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from bench.common import BenchResult, fresh_database, print_results
+from bench.common import BenchResult, fresh_database, postgres_missing, print_results, scaled
 from bus.db import Database, utcnow
 from bus.records import TRANSACTION_COLUMNS
 from dashboard import queries
 
 __all__ = ["run"]
 
-ROWS = 1_000_000
+ROWS = scaled(1_000_000, minimum=1_000)
 DAYS = 7
 TTL = timedelta(hours=48)
-REPEAT = 5
+REPEAT = scaled(5, minimum=1)
 
 TOOLS = ["echo", "generate", "read_file", "search", "fetch_url", "sql_query", "list_dir",
          "grep", "summarize", "render_pdf", "screenshot", "fail"]  # fmt: skip
@@ -169,6 +170,10 @@ def _count(db: Database, params: dict[str, datetime]) -> int:
 
 
 def run() -> list[BenchResult]:
+    missing = postgres_missing()
+    if missing:
+        print(f"SKIPPING bench_dashboard (needs PostgreSQL): {missing}", file=sys.stderr)
+        return []
     with fresh_database("bustrail_bench_dash") as db:
         now = utcnow()
         t0 = time.perf_counter()

@@ -39,13 +39,20 @@ import sqlalchemy as sa
 from analysis.detectors import KINDS, run_detectors
 from analysis.findings import AnalysisResult
 from analysis.queries import read_sql_frame
-from bench.common import BenchResult, fresh_database, postgres_missing, print_results, stopwatch
+from bench.common import (
+    BenchResult,
+    fresh_database,
+    postgres_missing,
+    print_results,
+    scaled,
+    stopwatch,
+)
 from bus.db import Database, normalize_url, utcnow
 from bus.records import TRANSACTION_COLUMNS
 
 __all__ = ["generate", "run"]
 
-ROWS = 1_000_000
+ROWS = scaled(1_000_000, minimum=1_000)
 DAYS = 7
 TTL = timedelta(hours=48)
 TARGET = 3.0

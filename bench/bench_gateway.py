@@ -30,12 +30,13 @@ import time
 from pathlib import Path
 
 from bench._servers import Daemon, Throughput, round_trips
-from bench.common import BenchResult, print_results
+from bench.common import BenchResult, print_results, scaled
 
 __all__ = ["run"]
 
-ROUNDS = 3
-SECONDS = 2.0
+ROUNDS = scaled(3, minimum=2)  # 2: both orders
+SECONDS = scaled(2.0, minimum=0.1)
+WARM_UP_CALLS = scaled(20, minimum=2)
 TARGET = 0.5
 UPSTREAM = '''\
 from mcp.server.fastmcp import FastMCP
@@ -62,7 +63,7 @@ async def _direct(script: Path, seconds: float) -> Throughput:
     params = StdioServerParameters(command=sys.executable, args=[str(script)])
     async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
         await session.initialize()
-        for _ in range(20):  # warm up
+        for _ in range(WARM_UP_CALLS):
             await session.call_tool("kilo", {})
         calls = 0
         started = time.perf_counter()

@@ -45,18 +45,20 @@ import httpx
 import zstandard
 
 from bench._servers import INITIALIZE, Daemon, RssProbe, call_frame, connect
-from bench.common import BenchResult, print_results
+from bench.common import SCALE, BenchResult, print_results, scaled
 from daemon.tools import generate_json
 
 __all__ = ["run"]
 
 MB = 1_000_000
 MIB = 1024 * 1024
-CHUNK = 8 * MIB
-PIECE = MIB
+CHUNK = scaled(8 * MIB, minimum=64 * 1024)  # the daemon's chunk size (see _daemon)
+PIECE = scaled(MIB, minimum=4096)
+THRESHOLD = scaled(MIB, minimum=1024)  # the daemon's default; scaled, see _daemon
 TARGET = 0.7
 MEMORY_BUDGET_MB = 64
-SIZES = ((1 * MB, 5), (10 * MB, 5), (100 * MB, 5))  # (bytes, rounds)
+# (bytes, rounds) as named (large_1mb ...); run as scaled(bytes), scaled(rounds).
+SIZES = ((1 * MB, 5), (10 * MB, 5), (100 * MB, 5))
 MEASURED = 100 * MB
 
 
@@ -188,8 +190,23 @@ def _call(daemon: Daemon, tool: str, arguments: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- run
-def _scaling(daemon: Daemon, work: Path, size: int, rounds: int) -> tuple[BenchResult, float]:
+def _daemon() -> Daemon:
+    """At scale 1 the daemon's defaults (1 MiB threshold, 8 MiB chunks); scaled, both
+    shrink with the sizes, so the small results are still stored, in several chunks."""
+    if SCALE == 1:
+        return Daemon("--tools", "bench._tools")
+    return Daemon(
+        "--tools",
+        "bench._tools",
+        message_bus_threshold_bytes=THRESHOLD,
+        message_bus_chunk_bytes=CHUNK,
+    )
+
+
+def _scaling(daemon: Daemon, work: Path, nominal: int, rounds: int) -> tuple[BenchResult, float]:
     """Interleaved rounds of baseline and end to end; the result and the median growth."""
+    size = scaled(nominal, minimum=4096)
+    rounds = scaled(rounds, minimum=2)  # 2: both orders
     base: list[dict[str, float]] = []
     e2e: list[dict[str, float]] = []
     growth: list[float] = []
@@ -208,9 +225,9 @@ def _scaling(daemon: Daemon, work: Path, size: int, rounds: int) -> tuple[BenchR
 
     parts = ("generate", "compress", "write", "read")
     result = BenchResult(
-        f"large_{size / MB:.0f}mb",
+        f"large_{nominal / MB:.0f}mb",
         statistics.median(ratios),
-        target=TARGET if size == MEASURED else None,
+        target=TARGET if nominal == MEASURED else None,
         details={
             "e2e_s": f"{med(e2e, 'total'):.2f}",
             "call_s": f"{med(e2e, 'call'):.2f}",
@@ -228,12 +245,13 @@ def run() -> list[BenchResult]:
     results: list[BenchResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="bustrail-bench-large-") as tmp,
-        Daemon("--tools", "bench._tools") as daemon,
+        _daemon() as daemon,
     ):
         # First, on the fresh daemon (no heap grown by earlier calls to hide in): what
         # storing and serving a result costs the daemon once its tool has made it.
-        _call(daemon, "prepare_json", {"size": MEASURED})
-        growth_cached = max(end_to_end(daemon, "cached_json", MEASURED)[1] for _ in range(2))
+        measured = scaled(MEASURED, minimum=4096)
+        _call(daemon, "prepare_json", {"size": measured})
+        growth_cached = max(end_to_end(daemon, "cached_json", measured)[1] for _ in range(2))
         for size, rounds in SIZES:
             result, growth_generate = _scaling(daemon, Path(tmp), size, rounds)
             results.append(result)

@@ -39,6 +39,7 @@ from bench.common import (
     fresh_database,
     postgres_missing,
     print_results,
+    scaled,
     stopwatch,
 )
 from bus.codec import Compression
@@ -50,8 +51,9 @@ __all__ = ["JsonPayload", "run"]
 
 MB = 1_000_000
 MIB = 1024 * 1024
-PAYLOAD_BYTES = 100 * MB
-PIECE_BYTES = MIB
+# The child processes measuring each backend inherit BUSTRAIL_BENCH_SCALE: same payload.
+PAYLOAD_BYTES = scaled(100 * MB, minimum=64 * 1024)
+PIECE_BYTES = scaled(MIB, minimum=4096)  # scaled too, so a small payload still cycles
 MEMORY_BUDGET_MB = 64
 
 _WORDS = (

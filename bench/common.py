@@ -1,15 +1,25 @@
-"""What every benchmark shares: results, the table, and the `BENCH` lines scripts read."""
+"""What every benchmark shares: results, the table, the `BENCH` lines scripts read, and
+the scale.
+
+``BUSTRAIL_BENCH_SCALE`` (a number > 0, default 1) multiplies every module's sizes, row
+counts, rounds and timed durations through :func:`scaled`, read once at import: a smoke
+run (``BUSTRAIL_BENCH_SCALE=0.01``) goes through every code path in seconds. At a scale
+other than 1 every title and ``BENCH`` line says so: such figures are not comparable.
+"""
 
 from __future__ import annotations
 
+import math
 import os
 import resource
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import overload
 
 import sqlalchemy as sa
 
@@ -17,16 +27,68 @@ from bus.db import Database, normalize_url
 
 __all__ = [
     "PG_URL",
+    "SCALE",
+    "SCALE_VARIABLE",
     "BenchResult",
     "PeakRSS",
     "fresh_database",
     "postgres_missing",
     "print_results",
+    "scale_from_env",
+    "scale_note",
+    "scaled",
     "stopwatch",
 ]
 
 # The PostgreSQL server benchmarks make their scratch databases on (the tests' variable).
 PG_URL = os.environ.get("BUSTRAIL_TEST_DATABASE_URL", "postgresql://127.0.0.1:5432/postgres")
+
+SCALE_VARIABLE = "BUSTRAIL_BENCH_SCALE"
+
+
+def scale_from_env(environ: Mapping[str, str] | None = None) -> float:
+    """``BUSTRAIL_BENCH_SCALE`` as a number (1.0 when unset or empty); ValueError otherwise."""
+    raw = (os.environ if environ is None else environ).get(SCALE_VARIABLE, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(
+            f"{SCALE_VARIABLE}={raw!r} is not a number (e.g. 0.01 for a smoke run; "
+            "unset for the real one)"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{SCALE_VARIABLE}={raw!r} must be a finite number greater than 0")
+    return value
+
+
+try:
+    SCALE = scale_from_env()
+except ValueError as exc:
+    # Benchmarks are scripts: stop before anything runs, with the reason and no traceback.
+    sys.exit(f"bench: {exc}")
+
+
+@overload
+def scaled(n: int, *, minimum: int = 1) -> int: ...
+@overload
+def scaled(n: float, *, minimum: float) -> float: ...
+def scaled(n: float, *, minimum: float = 1) -> float:
+    """``n`` (a size, a count, rounds: int; seconds: float) times the scale, at least
+    ``minimum``; exactly ``n`` at scale 1, so the real run is what it always was."""
+    if SCALE == 1:
+        return n
+    if isinstance(n, int):
+        return max(int(minimum), round(n * SCALE))
+    return max(minimum, n * SCALE)
+
+
+def scale_note() -> str | None:
+    """The warning a run at a scale other than 1 prints (None at scale 1)."""
+    if SCALE == 1:
+        return None
+    return f"scale {SCALE:g} ({SCALE_VARIABLE}): a smoke run, figures are not comparable"
 
 
 def postgres_missing() -> str | None:
@@ -83,12 +145,14 @@ class BenchResult:
     def line(self) -> str:
         target = "none" if self.target is None else f"{self.target:g}"
         verdict = {True: "met", False: "missed", None: "info"}[self.met]
-        return f"BENCH {self.name} ratio={self.ratio:.3f} target={target} {verdict}"
+        scale = "" if SCALE == 1 else f" scale={SCALE:g}"  # a smoke figure, never to quote
+        return f"BENCH {self.name} ratio={self.ratio:.3f} target={target} {verdict}{scale}"
 
 
 def print_results(title: str, results: list[BenchResult]) -> None:
     """A readable table, then one BENCH line per result."""
-    print(f"\n== {title}")
+    note = scale_note()
+    print(f"\n== {title}" + (f"  [{note}]" if note else ""))
     width = max((len(r.name) for r in results), default=10)
     for r in results:
         info = "  ".join(f"{k}={v}" for k, v in r.details.items())
