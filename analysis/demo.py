@@ -18,15 +18,15 @@ import sqlalchemy as sa
 from rich.console import Console
 from rich.table import Table
 
-from analysis.detectors import run_detectors
+from analysis.detectors import DETECTORS, run_detectors
 from analysis.findings import AnalysisResult
 from analysis.ledger import LedgerChange, record
-from analysis.report import write_html_report
+from analysis.report import KindCount, kind_counts, write_html_report
 from analysis.workload import GroundTruth, WorkloadConfig, run_workload
 from bus.db import Database, utcnow
 from bus.schema import upgrade
 
-__all__ = ["DemoOutcome", "run_demo"]
+__all__ = ["DemoOutcome", "print_summary", "run_demo"]
 
 
 @dataclass
@@ -95,13 +95,17 @@ def run_demo(database_url: str, *, seed: int, calls: int, workdir: Path) -> Demo
             "injected faults caught": "all" if not missed else f"missed {missed}",
             "open debt": change.open_count,
         }
-        report = write_html_report(workdir / "report.html", result, summary)
+        report = write_html_report(
+            workdir / "report.html", result, summary, injected=truth.truth, faults=truth.faults
+        )
         return DemoOutcome(truth, result, change, traffic, report, missed)
     finally:
         db.dispose()
 
 
 def print_summary(console: Console, outcome: DemoOutcome) -> None:
+    """The summary, readable at 80 columns: short cells in the tables, the kinds'
+    explanations on lines of their own below."""
     traffic = outcome.traffic
     table = Table(title="Transactions by route and status", title_justify="left")
     for column in ("route", "status", "count"):
@@ -112,23 +116,19 @@ def print_summary(console: Console, outcome: DemoOutcome) -> None:
     ratio = traffic["bytes_stored"] / traffic["bytes_at_rest"] if traffic["bytes_at_rest"] else 0
     console.print(
         f"Bytes inline {traffic['bytes_inline']:,} · stored {traffic['bytes_stored']:,} "
-        f"({traffic['bytes_at_rest']:,} at rest, {ratio:.1f}x smaller) · "
-        f"breaker trips {traffic['breaker_trips']}"
+        f"({traffic['bytes_at_rest']:,} at rest, {ratio:.1f}x smaller)"
     )
-    findings = Table(title="Silent failures found", title_justify="left")
-    for column in ("kind", "tool", "count", "injected"):
-        findings.add_column(column, no_wrap=True)  # scripts grep for the kinds
-    findings.add_column("what it means", overflow="fold")
-    injected = outcome.truth.faults
-    for f in outcome.result.findings:
-        findings.add_row(
-            f.kind,
-            f.tool or "",
-            str(f.count),
-            str(injected.get(f.kind, 0)),
-            f.title,
-        )
-    console.print(findings)
+    console.print(f"Circuit breaker trips {traffic['breaker_trips']}")
+    rows = _summary_rows(outcome)
+    console.print(_findings_table(rows))
+    legend = Table.grid(padding=(0, 2))
+    legend.title = "What each kind means"
+    legend.title_justify = "left"
+    legend.add_column(no_wrap=True)
+    legend.add_column(overflow="fold")
+    for row in rows:
+        legend.add_row(row.kind, DETECTORS[row.kind].title)
+    console.print(legend)
     if outcome.missed:
         console.print(f"[red]Injected faults the detectors missed: {outcome.missed}[/red]")
     else:
@@ -139,3 +139,32 @@ def print_summary(console: Console, outcome: DemoOutcome) -> None:
         f"Debt ledger: {len(change.new)} new, {len(change.resolved)} resolved, "
         f"{len(change.reopened)} reopened; {change.open_count} open."
     )
+
+
+def _summary_rows(outcome: DemoOutcome) -> list[KindCount]:
+    """The kinds found or injected, one row each, in the order of the findings (worst
+    first); the ones injected and not found last."""
+    counts = kind_counts(outcome.result, outcome.truth.truth, outcome.truth.faults)
+    order = list(dict.fromkeys(f.kind for f in outcome.result.findings))
+    shown = [c for c in counts if c.findings or c.injected]
+    return sorted(shown, key=lambda c: order.index(c.kind) if c.kind in order else len(order))
+
+
+def _findings_table(rows: list[KindCount]) -> Table:
+    table = Table(
+        title="Silent failures found",
+        title_justify="left",
+        caption=(
+            "faults: times injected. found, injected: transactions (a duplicate_delivery "
+            "fault is two answers; breaker_flapping's are the results that fell back)."
+        ),
+        caption_justify="left",
+        show_edge=False,  # room for the tools at 80 columns
+    )
+    table.add_column("kind", no_wrap=True)  # scripts grep for the kinds
+    for column in ("faults", "found", "injected"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("where", overflow="fold")
+    for row in rows:
+        table.add_row(row.kind, str(row.faults), str(row.found), str(row.injected), row.where)
+    return table

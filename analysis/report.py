@@ -2,13 +2,16 @@
 
 :func:`write_html_report` writes a self-contained page (no scripts, no external assets):
 the summary given, counts per kind, and the findings table with each finding's
-explanation, remedy and sample transaction ids. ``bustrail demo`` uses it.
+explanation, remedy and sample transaction ids. ``bustrail demo`` uses it, with the
+workload's ground truth beside the counts; :func:`kind_counts` computes the per-kind
+figures both that page and the demo's summary show.
 """
 
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +25,8 @@ from analysis.findings import SEVERITY_ORDER, AnalysisResult, Finding
 from analysis.ledger import Entry, LedgerChange
 
 __all__ = [
+    "KindCount",
+    "kind_counts",
     "print_entries",
     "print_entry",
     "print_findings",
@@ -39,6 +44,51 @@ def _severity(value: Any) -> str:
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S UTC") if value else "-"
+
+
+# -- per kind ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class KindCount:
+    """One detector kind in one result: its findings and the transactions they involve,
+    and, given a ground truth, the faults and transactions injected."""
+
+    kind: str
+    findings: int
+    found: int  # distinct transactions in the findings
+    where: str  # per tool (or breaker): "fetch_page 2, run_query 2", "breaker store, 3 opens"
+    faults: int | None = None  # times the fault was injected
+    injected: int | None = None  # transactions the ground truth names
+
+
+def kind_counts(
+    result: AnalysisResult,
+    injected: Mapping[str, Sequence[str]] | None = None,
+    faults: Mapping[str, int] | None = None,
+) -> list[KindCount]:
+    """Per kind that ran, in the detectors' order. ``found`` and ``injected`` count the
+    same thing, transactions, so they compare; a finding's own ``count`` does not always
+    (breaker_flapping's counts the breaker's opens)."""
+    counts = []
+    for kind in result.run.kinds:
+        findings = result.of_kind(kind)
+        counts.append(
+            KindCount(
+                kind=kind,
+                findings=len(findings),
+                found=len(result.transaction_ids(kind)),
+                where=", ".join(_where(f, several=len(findings) > 1) for f in findings),
+                faults=None if faults is None else int(faults.get(kind, 0)),
+                injected=None if injected is None else len(set(injected.get(kind, ()))),
+            )
+        )
+    return counts
+
+
+def _where(f: Finding, *, several: bool) -> str:
+    if f.tool is None:
+        opens = f.details.get("opens")
+        return f"{_subject(f)}, {opens} opens" if opens is not None else _subject(f)
+    return f"{f.tool} {len(f.transaction_ids)}" if several else f.tool
 
 
 # -- the command line ------------------------------------------------------------------------
@@ -192,11 +242,16 @@ def write_html_report(
     path: str | Path,
     result: AnalysisResult,
     summary: Mapping[str, Any] | LedgerChange | None = None,
+    *,
+    injected: Mapping[str, Sequence[str]] | None = None,
+    faults: Mapping[str, int] | None = None,
 ) -> Path:
     """Write the report of ``result`` to ``path`` (HTML); return the path.
 
     ``summary``: label -> value pairs shown first (say, the workload that ran), or the
-    :class:`LedgerChange` of recording this result."""
+    :class:`LedgerChange` of recording this result. ``injected`` (kind -> transaction
+    ids) and ``faults`` (kind -> times injected): a ground truth to show beside the
+    counts."""
     e = html.escape
     run = result.run
     parts = [
@@ -213,15 +268,8 @@ def write_html_report(
         parts.append("<h2>Summary</h2><table>")
         parts += [f"<tr><th>{e(k)}</th><td>{e(v)}</td></tr>" for k, v in items]
         parts.append("</table>")
-    parts.append("<h2>Counts by kind</h2><table><tr><th>kind</th><th>findings</th>")
-    parts.append("<th>transactions</th></tr>")
-    for kind in run.kinds:
-        n = len(result.of_kind(kind))
-        parts.append(
-            f"<tr><td>{e(kind)}</td><td class='n'>{n}</td>"
-            f"<td class='n'>{run.counts.get(kind, 0)}</td></tr>"
-        )
-    parts.append("</table><h2>Findings</h2>")
+    parts += _html_counts(kind_counts(result, injected, faults))
+    parts.append("<h2>Findings</h2>")
     if not result.findings:
         parts.append("<p class='none'>No silent failures found.</p>")
     else:
@@ -237,6 +285,31 @@ def write_html_report(
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text("".join(parts), encoding="utf-8")
     return target
+
+
+def _html_counts(counts: list[KindCount]) -> list[str]:
+    e = html.escape
+    truth = any(c.injected is not None for c in counts)
+    head = ["kind", "findings", "faults injected", "transactions found", "transactions injected"]
+    if not truth:
+        head = ["kind", "findings", "transactions found"]
+    parts = ["<h2>Counts by kind</h2><table><tr>"]
+    parts += [f"<th>{h}</th>" for h in [*head, "where"]]
+    parts.append("</tr>")
+    for c in counts:
+        numbers = [c.findings, c.faults, c.found, c.injected] if truth else [c.findings, c.found]
+        parts.append(f"<tr><td>{e(c.kind)}</td>")
+        parts += [f"<td class='n'>{'-' if n is None else n}</td>" for n in numbers]
+        parts.append(f"<td>{e(c.where)}</td></tr>")
+    parts.append("</table>")
+    if truth:
+        parts.append(
+            "<p class='meta'>Transactions found and injected count the same thing. A "
+            "duplicate_delivery fault leaves two transactions (both answers to the one "
+            "request); breaker_flapping's are the results that fell back while it "
+            "flapped.</p>"
+        )
+    return parts
 
 
 def _html_row(f: Finding) -> str:

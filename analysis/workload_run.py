@@ -107,6 +107,12 @@ class _Progress:
             self._bar.update(self._task, description=name)
             self._bar.console.print(f"[dim]load[/dim] {name}: {detail}")
 
+    def label(self, text: str) -> None:
+        """What the bar shows once the phases are over (it otherwise keeps the last
+        phase's name, as if that phase had made every call)."""
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+
     def advance(self, n: int = 1) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, n)
@@ -307,6 +313,7 @@ class Runner:
                 if self.recover_next:
                     with self._phase("recovery", "a daemon restarts after the crash"):
                         await self._stop(await self._daemon("recovery"))
+                self.progress.label("stopping")  # daemons flush their audit, spools replay
                 await self._all_stopped()
                 await self._replay_spools()
                 await self._resolve_by_request()
@@ -317,6 +324,7 @@ class Runner:
                     raise WorkloadError(
                         "injected faults did not happen as planned:\n  " + "\n  ".join(problems)
                     )
+                self.progress.label("done")
         finally:
             await self._shut_down()
         finished = utcnow()

@@ -10,18 +10,23 @@ from __future__ import annotations
 import itertools
 import uuid
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from analysis.detectors import KINDS
+from analysis.queries import canonical_id
 from bus.db import Database, new_transaction_id
 from bus.models import Compression, Direction, Route, Status, Transaction
 from bus.records import archive, insert_breaker_events, transaction_to_row, upsert_transactions
 
 __all__ = [
     "TTL",
+    "Injected",
     "archived",
     "breaker_event",
     "clean_workload",
+    "injected_sample",
     "seed",
     "tx",
 ]
@@ -107,6 +112,53 @@ def breaker_event(
         "failure_rate": 1.0,
         "consecutive_failures": 5,
     }
+
+
+@dataclass(frozen=True)
+class Injected:
+    """Rows showing a few faults, and the ground truth of them (as ``bustrail load``
+    writes it: per kind, the times injected and the transactions involved)."""
+
+    rows: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    faults: dict[str, int]
+    truth: dict[str, list[str]]
+
+
+def injected_sample(now: datetime) -> Injected:
+    """Within the last 4 hours: a breaker that opens three times (two results fall back
+    meanwhile), one request answered twice, an empty success in each of two tools."""
+    t0, minute = now - timedelta(hours=3), timedelta(minutes=1)
+    events = []
+    for k in range(3):
+        events += [
+            breaker_event(t0 + 2 * k * minute, "open"),
+            breaker_event(t0 + (2 * k + 1) * minute, "half_open"),
+        ]
+    events.append(breaker_event(t0 + 6 * minute + timedelta(seconds=30), "closed"))
+    fallbacks = [
+        tx(now, timedelta(hours=3) - age, route=Route.FALLBACK)
+        for age in (timedelta(seconds=30), timedelta(minutes=4, seconds=30))
+    ]
+    key = {"session_id": "s-1", "request_id": "dup-1", "tool": "fetch_page"}
+    answers = [
+        tx(now, timedelta(hours=2), **key),
+        tx(now, timedelta(hours=2) - timedelta(seconds=1), **key),
+    ]
+    empty = [
+        tx(now, timedelta(hours=1), tool="fetch_page", error_kind="error_text"),
+        tx(now, timedelta(hours=1), tool="run_query", error_kind="empty_result"),
+    ]
+    faults = dict.fromkeys(KINDS, 0)
+    faults.update(breaker_flapping=3, duplicate_delivery=1, empty_success=2)
+    truth: dict[str, list[str]] = {kind: [] for kind in KINDS}
+    for kind, rows in (
+        ("breaker_flapping", fallbacks),
+        ("duplicate_delivery", answers),
+        ("empty_success", empty),
+    ):
+        truth[kind] = sorted(canonical_id(r["id"]) for r in rows)
+    return Injected([*fallbacks, *answers, *empty], events, faults, truth)
 
 
 def clean_workload(now: datetime) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:

@@ -404,6 +404,26 @@ def test_latency_regression(db: Database, now: datetime) -> None:
     assert only_kinds(result) == {"latency_regression"}
 
 
+def test_latency_regression_names_only_the_calls_slow_by_its_own_margin(
+    db: Database, now: datetime
+) -> None:
+    """A tool of a few ms: twice its baseline p95 is ordinary jitter. The calls named are
+    the ones over the baseline by the margin too, not every call that jittered."""
+    base, cur = timedelta(hours=30), timedelta(hours=6)
+    rows = _calls(now, base, 30, "search", tool_ms=8.0)
+    rows += _calls(now, cur, 20, "search", tool_ms=8.0)
+    jittered = _calls(now, cur - timedelta(hours=1), 3, "search", tool_ms=25.0)
+    slow = _calls(now, cur - timedelta(hours=2), 5, "search", tool_ms=300.0)
+    seed(db, rows + jittered + slow)
+
+    result = run_detectors(db, now - DAY, now)
+
+    assert found(result, "latency_regression") == ids(*slow)
+    (finding,) = result.of_kind("latency_regression")
+    assert finding.count == len(slow)
+    assert finding.details["slower_than_ms"] == pytest.approx(108.0)
+
+
 # -- the findings themselves -----------------------------------------------------------------
 def test_findings_carry_what_the_contract_promises(db: Database, now: datetime) -> None:
     rows = [

@@ -6,6 +6,11 @@ the parameters the ground truth suggests, and checks:
 
 * every injected fault is found: for each detector kind, every transaction id the
   workload injected is in a finding of that kind (recall 100%, per kind and per id);
+* nothing innocent is reported: for each detector kind, every transaction id in its
+  findings is one the workload injected for that kind (precision 100%, per kind and per
+  id). A transaction legitimately shows as two kinds only where the ground truth records
+  it under both: a result too large to fall back while the store is down is a
+  fallback_oversize and one of the fallbacks of breaker_flapping;
 * the ground truth holds what was asked (each fault injected exactly as many times);
 * no finding is of a kind that was not injected;
 * a clean run (``--faults none``) yields no finding at all.
@@ -66,7 +71,7 @@ def _assert_truth_is_what_was_asked(truth: GroundTruth, asked: dict[str, int]) -
     assert len(others) == len(set(others))
 
 
-def _assert_recall(truth: GroundTruth, result: AnalysisResult) -> None:
+def _assert_recall_and_precision(truth: GroundTruth, result: AnalysisResult) -> None:
     missing = {}
     for kind, ids in truth.truth.items():
         if not ids:
@@ -76,6 +81,16 @@ def _assert_recall(truth: GroundTruth, result: AnalysisResult) -> None:
         if lost or not result.of_kind(kind):
             missing[kind] = lost or ["(no finding of this kind)"]
     assert not missing, f"injected faults the detectors missed: {missing}"
+    innocent = {}
+    for kind in KINDS:
+        extra = sorted(result.transaction_ids(kind) - set(truth.truth[kind]))
+        if extra:
+            elsewhere = {tx: [k for k, ids in truth.truth.items() if tx in ids] for tx in extra}
+            innocent[kind] = elsewhere
+    assert not innocent, (
+        "transactions reported but not injected for that kind "
+        f"(id -> the kinds the truth does record it under): {innocent}"
+    )
     unexpected = {f.kind for f in result.findings} - truth.expected_kinds()
     assert not unexpected, f"findings of kinds never injected: {sorted(unexpected)}"
 
@@ -91,7 +106,7 @@ def test_every_injected_fault_is_found_seed_1_default_run(tmp_path: Path) -> Non
     truth = _run(url, tmp_path / "work", seed=1, faults="all", calls=150)
     _assert_truth_is_what_was_asked(truth, parse_faults("all"))
     assert truth.truth["breaker_flapping"]  # three outages: it flapped
-    _assert_recall(truth, _analyse(url, truth))
+    _assert_recall_and_precision(truth, _analyse(url, truth))
 
 
 def test_every_injected_fault_is_found_seed_2_other_counts(tmp_path: Path) -> None:
@@ -99,14 +114,14 @@ def test_every_injected_fault_is_found_seed_2_other_counts(tmp_path: Path) -> No
     spec = "all,orphan=5,corrupt=1,empty=6,duplicate=3,oversize=3,errors=1,slow=1,outage=4"
     truth = _run(url, tmp_path / "work", seed=2, faults=spec, calls=60)
     _assert_truth_is_what_was_asked(truth, parse_faults(spec))
-    _assert_recall(truth, _analyse(url, truth))
+    _assert_recall_and_precision(truth, _analyse(url, truth))
 
 
 @pytest.mark.postgres
 def test_every_injected_fault_is_found_seed_3_postgresql(pg_url: str, tmp_path: Path) -> None:
     truth = _run(pg_url, tmp_path / "work", seed=3, faults="all", calls=60)
     _assert_truth_is_what_was_asked(truth, parse_faults("all"))
-    _assert_recall(truth, _analyse(pg_url, truth))
+    _assert_recall_and_precision(truth, _analyse(pg_url, truth))
 
 
 def test_a_clean_workload_has_no_findings(tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ def test_load_runs_a_workload_shows_progress_and_writes_the_ground_truth(tmp_pat
     assert "load traffic:" in proc.stderr
     assert "load untraced:" in proc.stderr
     assert re.search(r"(\d+)/\1 calls", proc.stderr), proc.stderr
+    # Once the phases are over the bar says so, not the last phase's name.
+    assert re.search(r"^done +\S+ +(\d+)/\1 calls", proc.stderr, re.M), proc.stderr
     assert "orphaned_claim_check" in proc.stdout and f"written to {truth_file}" in proc.stdout
 
     doc = json.loads(truth_file.read_text())
