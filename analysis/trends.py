@@ -198,10 +198,12 @@ def breaker_flapping(scan: Scan) -> list[Hit]:
             continue
         ids: set[str] = set()
         tenants: set[str] = set()
-        for _daemon, episode in episodes:
-            for hit in hits_by_tool(
-                scan.frame("fallbacks_between", start=episode.start, end=episode.end)
-            ):
+        for daemon, episode in episodes:
+            # Only the fallbacks of the daemon whose breaker flapped.
+            fallbacks = scan.frame(
+                "fallbacks_between", start=episode.start, end=episode.end, daemon_id=daemon
+            )
+            for hit in hits_by_tool(fallbacks):
                 ids.update(hit.transaction_ids)
                 tenants.update(hit.tenants)
         opens = sum(e.opens for _d, e in episodes)

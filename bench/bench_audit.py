@@ -87,6 +87,7 @@ def realistic_rows(count: int = ROWS, *, seed: int = 0) -> list[dict[str, Any]]:
             tool_ms=rng.uniform(0.1, 500),
             trace_id=f"{rng.getrandbits(128):032x}",
             span_id=f"{rng.getrandbits(64):016x}",
+            daemon_id="bench-host:4242",
             delivered_at=created_at + timedelta(milliseconds=rng.uniform(1, 900)),
         )
         kind = rng.random()

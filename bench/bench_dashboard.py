@@ -98,6 +98,7 @@ def _mix(rng: np.random.Generator, n: int, end_ms: int) -> pd.DataFrame:
             "span_id": [f"{v:016x}" for v in rng.integers(0, 1 << 62, n)],
             "error_kind": error_kind,
             "error": np.where(failed, "something went wrong", None),
+            "daemon_id": np.where(np.arange(n) % 2 == 0, "host-a:101", "host-b:202"),
         }
     )
     frame["stored_size"] = frame["stored_size"].astype("Int64")

@@ -153,6 +153,7 @@ def generate(now: datetime, rows: int = ROWS, *, seed: int = 7) -> Audit:
             "span_id": _hex(rng, rows, 16),
             "error_kind": None,
             "error": None,
+            "daemon_id": "d1",
         }
     )
     d["session_id"] = d["session_id"].astype(object)
@@ -215,7 +216,7 @@ def generate(now: datetime, rows: int = ROWS, *, seed: int = 7) -> Audit:
 
     _inject(d, rng, store, age)
     events, flapping_fallbacks = _breaker_events(rng, now)
-    d.loc[flapping_fallbacks(d), "route"] = "fallback"
+    d.loc[flapping_fallbacks(d), ["route", "daemon_id"]] = ["fallback", "d2"]  # d2 flaps
 
     expired = d["route"].eq("store") & (d["expires_at"] <= pd.Timestamp(now).tz_localize(None))
     expired &= ~d["error_kind"].eq("lag")  # the injected cleanup lag stays live

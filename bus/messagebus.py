@@ -41,6 +41,7 @@ InlineBuilder = Callable[[Route, str], bytes]
 
 
 def daemon_id() -> str:
+    """This process's name in the audit trail (transactions and breaker_events)."""
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
@@ -98,6 +99,7 @@ class MessageBus:
         self.metrics = metrics or Metrics()
         self.telemetry = telemetry or Telemetry()
         self._clock = clock
+        # Who wrote it, on every audit row and breaker event of this daemon: the same value.
         self.daemon_id = daemon_id()
         if breaker is not None:
             breaker.add_listener(self._on_transition)
@@ -127,6 +129,7 @@ class MessageBus:
             "trace_id": ctx.trace_id,
             "span_id": ctx.span_id,
             "tool_ms": ctx.tool_ms,
+            "daemon_id": self.daemon_id,
             "route": route,
             "status": status,
             "compression": Compression.NONE,
@@ -319,7 +322,9 @@ class MessageBus:
             started = time.monotonic()
             try:
                 # to_thread copies the context: the database spans nest under this one.
-                record = await asyncio.to_thread(self.store.put, ctx, payload)
+                record = await asyncio.to_thread(
+                    self.store.put, ctx, payload, daemon_id=self.daemon_id
+                )
             except StoreError as exc:
                 self.metrics.store_errors.labels(operation="put").inc()
                 self.telemetry.mark_error(span, type(exc).__name__)

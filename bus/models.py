@@ -131,6 +131,8 @@ class TransactionColumns(SQLModel):
     span_id: str | None = Field(default=None, sa_type=sa.Text)
     error_kind: str | None = Field(default=None, sa_type=sa.Text)
     error: str | None = Field(default=None, sa_type=sa.Text)
+    # The daemon that recorded it (as in breaker_events.daemon_id); NULL before schema 3.
+    daemon_id: str | None = Field(default=None, sa_type=sa.Text)
 
 
 class Transaction(TransactionColumns, table=True):

@@ -2,9 +2,10 @@
 
 PostgreSQL gets the numbered files of ``sql/migrations`` (the one source of truth for
 its schema), each applied once, in order, in its own transaction, and recorded with its
-checksum in ``schema_migrations``. SQLite gets the SQLModel tables (``create_all``) and
-the same version record, so both answer :func:`current_version` alike. Running an
-upgrade twice changes nothing.
+checksum in ``schema_migrations``. SQLite gets the SQLModel tables (``create_all``), the
+columns an older file lacks (``ALTER TABLE ... ADD COLUMN``: ``create_all`` only makes
+missing tables) and the same version record, so both answer :func:`current_version`
+alike. Running an upgrade twice changes nothing.
 """
 
 from __future__ import annotations
@@ -128,6 +129,7 @@ def upgrade(db: Database, *, target: int | None = None) -> UpgradeResult:
     else:
         SQLModel.metadata.create_all(db.engine, tables=_sqlite_tables())
         with db.begin() as conn:
+            _sqlite_add_columns(conn)
             have = set(conn.execute(sa.text("SELECT version FROM schema_migrations")).scalars())
             for migration in wanted:
                 if migration.version not in have:
@@ -181,6 +183,25 @@ def _sqlite_tables() -> list[sa.Table]:
             models.SchemaMigration,
         )
     ]
+
+
+def _sqlite_add_columns(conn: sa.Connection) -> None:
+    """Add the model columns an SQLite file made by an older bustrail lacks.
+
+    Only nullable columns without a default can be added to rows already there, which is
+    how every column after version 1 has been added (on PostgreSQL too)."""
+    for table in _sqlite_tables():
+        have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+        for column in table.columns:
+            if column.name in have:
+                continue
+            if not column.nullable or column.primary_key:
+                raise SchemaError(
+                    f"cannot add column {table.name}.{column.name} to an existing SQLite "
+                    "database: it is not nullable"
+                )
+            ddl = column.type.compile(dialect=conn.dialect)
+            conn.execute(sa.text(f'ALTER TABLE "{table.name}" ADD COLUMN "{column.name}" {ddl}'))
 
 
 def _run_script(conn: sa.Connection, migration: Migration) -> None:

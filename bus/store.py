@@ -148,8 +148,15 @@ class PayloadStore:
         self._clock = clock
 
     # -- writing ------------------------------------------------------------------------
-    def put(self, context: TransactionContext, payload: bytes | Iterable[bytes]) -> Transaction:
-        """Store a payload; return its transaction (status ``stored``).
+    def put(
+        self,
+        context: TransactionContext,
+        payload: bytes | Iterable[bytes],
+        *,
+        daemon_id: str | None = None,
+    ) -> Transaction:
+        """Store a payload; return its transaction (status ``stored``), recorded as
+        ``daemon_id``'s (the message bus passes its own).
 
         Raises PayloadTooLarge (no chunk kept; bytes over the limit are refused before
         any row is written, an iterator that grows past it leaves its row ``rejected``)
@@ -175,6 +182,7 @@ class PayloadStore:
             trace_id=context.trace_id,
             span_id=context.span_id,
             tool_ms=context.tool_ms,
+            daemon_id=daemon_id,
         )
         upsert_transactions(self.db, [transaction_to_row(record)])
         encoder = Encoder(self.config.compression, self.config.chunk_bytes, level=self.config.level)

@@ -106,9 +106,14 @@ WHERE at >= :since AND at <= :now
 ORDER BY breaker, daemon_id, at
 
 -- name: fallbacks_between
+-- The fallbacks of one daemon (:daemon_id, that of the flapping breaker's events) in a
+-- time range: another daemon on the same database falls back for reasons of its own.
+-- Rows with no daemon_id (written before schema 3) count for every daemon, and events
+-- with none (:daemon_id NULL) count every daemon's fallbacks.
 SELECT id, tenant, tool FROM transactions
 WHERE created_at >= :start AND created_at <= :end
   AND route = 'fallback'
+  AND (CAST(:daemon_id AS TEXT) IS NULL OR daemon_id IS NULL OR daemon_id = :daemon_id)
 
 -- name: call_errors_by_tool
 -- Tool calls and their failures (tool_error, timeout), per tool, in the current window

@@ -138,6 +138,8 @@ def detail(url: str, transaction_id: uuid.UUID) -> None:
         "tool": row["tool"],
         "direction": row["direction"],
         "session / request": f"{row['session_id'] or ui.NONE} / {row['request_id'] or ui.NONE}",
+        # The daemon that recorded it: the "@ daemon" of the breaker page's timelines.
+        "daemon": row["daemon_id"],
         "mime type": row["mime_type"],
         "checksum (SHA-256)": row["checksum"],
         "compression": row["compression"],

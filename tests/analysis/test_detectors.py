@@ -271,6 +271,64 @@ def test_breaker_flapping(db: Database, now: datetime, clean: None) -> None:
     assert not analyse(db, now, flap_opens=4).of_kind("breaker_flapping")
 
 
+def test_breaker_flapping_takes_only_the_fallbacks_of_the_daemon_that_flapped(
+    db: Database, now: datetime, clean: None
+) -> None:
+    """Two daemons on one database: d1's breaker flaps; d2's opens once (a brief store
+    failure of its own) within the same minutes and falls back once. d2's fallback is
+    not d1's flapping. A fallback recorded before transactions named their daemon
+    (daemon_id NULL) cannot be told apart, and still counts."""
+    t0 = now - timedelta(hours=3)
+    minute = timedelta(minutes=1)
+    events = []
+    for k in range(3):
+        events += [
+            breaker_event(t0 + 2 * k * minute, "open", daemon="d1"),
+            breaker_event(t0 + (2 * k + 1) * minute, "half_open", daemon="d1"),
+        ]
+    events.append(breaker_event(t0 + 6 * minute + timedelta(seconds=30), "closed", daemon="d1"))
+    events += [
+        breaker_event(t0 + 2 * minute, "open", daemon="d2"),
+        breaker_event(t0 + 2 * minute + timedelta(seconds=20), "half_open", daemon="d2"),
+        breaker_event(t0 + 2 * minute + timedelta(seconds=25), "closed", daemon="d2"),
+    ]
+
+    def fallback(after: timedelta, daemon: str | None) -> dict[str, Any]:
+        return tx(now, timedelta(hours=3) - after, route=Route.FALLBACK, daemon_id=daemon)
+
+    d1 = [fallback(30 * timedelta(seconds=1), "d1"), fallback(4 * minute, "d1")]
+    unnamed = fallback(5 * minute, None)
+    d2 = fallback(2 * minute + timedelta(seconds=10), "d2")
+    seed(db, [*d1, unnamed, d2], events=events)
+
+    result = analyse(db, now)
+
+    (finding,) = result.of_kind("breaker_flapping")
+    assert set(finding.transaction_ids) == ids(*d1, unnamed)
+    assert [e["daemon_id"] for e in finding.details["episodes"]] == ["d1"]
+    assert finding.count == 3
+    assert only_kinds(result) == {"breaker_flapping"}
+
+
+def test_breaker_flapping_without_a_daemon_id_takes_every_fallback(
+    db: Database, now: datetime, clean: None
+) -> None:
+    """Breaker events that name no daemon cannot tell daemons apart either."""
+    t0 = now - timedelta(hours=3)
+    minute = timedelta(minutes=1)
+    events = [breaker_event(t0 + 2 * k * minute, "open", daemon=None) for k in range(3)]
+    events.append(breaker_event(t0 + 5 * minute, "closed", daemon=None))
+    during = [
+        tx(now, timedelta(hours=3) - k * minute, route=Route.FALLBACK, daemon_id=daemon)
+        for k, daemon in ((1, "d1"), (2, "d2"), (3, None))
+    ]
+    seed(db, during, events=events)
+
+    (finding,) = analyse(db, now).of_kind("breaker_flapping")
+    assert set(finding.transaction_ids) == ids(*during)
+    assert [e["daemon_id"] for e in finding.details["episodes"]] == [None]
+
+
 def test_missing_trace(db: Database, now: datetime, clean: None) -> None:
     untraced = tx(now, timedelta(hours=1), trace_id=None, span_id=None)
     untraced_failure = tx(

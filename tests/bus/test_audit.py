@@ -316,6 +316,22 @@ def test_replaying_the_same_segment_twice_is_harmless(
     assert sorted(event_ids(db)) == sorted(e["id"] for e in events)
 
 
+def test_a_spool_written_before_daemon_id_existed_replays(
+    db: Database, writers: Callable[..., AuditWriter], tmp_path: Path
+) -> None:
+    """Rows spooled by a bustrail older than schema 3 lack daemon_id: they are written
+    with it NULL (PostgreSQL's COPY and SQLite's upsert alike), not retried forever."""
+    spool_dir = tmp_path / "spool"
+    old, new = new_transaction_id(), new_transaction_id()
+    older = {k: v for k, v in final_row(old).items() if k != "daemon_id"}
+    Spool(spool_dir).append([("tx", older), ("tx", final_row(new, daemon_id="host:7"))])
+    writer = writers(db, spool=spool_dir)
+    drain(writer)
+    rows = stored(db)
+    assert {tx_id: row.daemon_id for tx_id, row in rows.items()} == {old[0]: None, new[0]: "host:7"}
+    assert rows[old[0]].status is Status.DELIVERED and writer.stats().rejected_total == 0
+
+
 def test_an_unreadable_spool_line_names_the_file(
     db: Database, writers: Callable[..., AuditWriter], tmp_path: Path
 ) -> None:

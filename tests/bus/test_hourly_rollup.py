@@ -533,17 +533,27 @@ def _bustrail(args: list[str], database_url: str, cwd: Path) -> subprocess.Compl
     )
 
 
+def _daemon_id_column(db: Database, change: str) -> None:
+    with db.begin() as conn:
+        for table in ("transactions", "transactions_archive"):
+            conn.execute(sa.text(f"ALTER TABLE {table} {change}"))
+
+
 def test_db_upgrade_backfills_the_rollup_once(pg_server: Any, tmp_path: Path) -> None:
     name = pg_server.create_database()
     db = Database(pg_server.url_for(name))
     try:
         upgrade(db, target=1)  # a database from before the rollup, with rows in it
         assert current_version(db) == 1
+        # Today's writers name every column of today's schema: while they write version 1's
+        # rows, the column version 3 adds is there, and then goes again.
+        _daemon_id_column(db, "ADD COLUMN daemon_id text")
         work = Workload(db, 3)
         for step in (work.start_calls, work.finish_calls, work.put_payload, work.put_payload):
             step()
         work.delete_payload()
         assert _count(db, "SELECT count(*) FROM transactions_archive") == 1
+        _daemon_id_column(db, "DROP COLUMN daemon_id")
 
         first = _bustrail(["db", "upgrade"], db.url, tmp_path)
         assert first.returncode == 0, first.stderr

@@ -416,3 +416,26 @@ def test_a_result_that_could_not_be_sent_is_failed_not_delivered(
     b.settle_audit()
     row = b.rows()[delivery.transaction_id]
     assert (row.route, row.status, row.error_kind) == (Route.FALLBACK, Status.FAILED, "send_failed")
+
+
+# -- who wrote it ----------------------------------------------------------------------------
+def test_every_row_and_breaker_event_names_the_daemon_that_wrote_it(
+    make_bus: Callable[..., Bus],
+) -> None:
+    b = make_bus(threshold=2)
+    stored = b.call()[1]  # the store's own row, then its update
+    inline = b.call(b"hello", tool="echo")[1]
+    uploaded = asyncio.run(b.bus.put(TransactionContext(tenant="acme", tool="upload"), [PAYLOAD]))
+    b.proxy.cut()
+    fallbacks = [b.call()[1] for _ in range(3)]  # the second opens the breaker
+    b.proxy.restore()
+    b.settle_audit()
+
+    rows = b.rows()
+    ids = {d.transaction_id for d in [stored, inline, *fallbacks]} | {uploaded.id}
+    assert set(rows) == ids
+    assert [d.route for d in fallbacks] == [Route.FALLBACK] * 3
+    assert {row.daemon_id for row in rows.values()} == {b.bus.daemon_id}
+    with b.direct.begin() as conn:
+        event_daemons = set(conn.execute(sa.select(breaker_events.c.daemon_id)).scalars())
+    assert event_daemons == {b.bus.daemon_id}  # the same value: one source

@@ -22,9 +22,10 @@ from bus import models  # noqa: F401  (registers every table in SQLModel.metadat
 from bus.db import Database, new_transaction_id
 from bus.errors import SchemaError
 from bus.models import Route, Status, Transaction
-from bus.records import transaction_to_row, upsert_transactions
+from bus.records import archive, transaction_to_row, transactions, upsert_transactions
 from bus.schema import current_version, migrations, require_schema, upgrade
 from bus.settings import Settings
+from bus.store import PayloadStore
 
 REPO = Path(__file__).resolve().parents[2]
 LATEST = len(migrations())
@@ -242,6 +243,77 @@ def test_upgrade_on_the_db_fixture_is_a_no_op(db: Database) -> None:
     result = upgrade(db)
     assert result.applied == [] and result.after == LATEST
     assert [v for v, _ in _versions(db)].count(1) == 1
+
+
+def _columns(db: Database, table: str) -> dict[str, bool]:
+    """A table's columns and whether each is nullable, as the database has them."""
+    with db.connect() as conn:
+        return {c["name"]: bool(c["nullable"]) for c in sa.inspect(conn).get_columns(table)}
+
+
+def _version_2_row(now: datetime, age: timedelta, **values: Any) -> dict[str, Any]:
+    """A row as bustrail at schema version 2 wrote it: no daemon_id."""
+    tx_id, created_at = new_transaction_id(now - age)
+    record = Transaction(
+        id=tx_id, created_at=created_at, tenant="acme", route=Route.INLINE, status=Status.DELIVERED
+    )
+    for name, value in values.items():
+        setattr(record, name, value)
+    return {k: v for k, v in transaction_to_row(record).items() if k != "daemon_id"}
+
+
+@pytest.mark.parametrize("empty_db", BACKENDS, indirect=True)
+def test_a_database_at_version_2_with_rows_upgrades_keeping_them(empty_db: Database) -> None:
+    db, now = empty_db, datetime.now(UTC)
+    assert upgrade(db, target=2).after == 2
+    if not db.is_postgres:
+        # An SQLite file made by bustrail at version 2: its tables had no daemon_id yet
+        # (create_all makes the tables of today's models, so take the column away).
+        with db.begin() as conn:
+            for table in ("transactions", "transactions_archive"):
+                conn.execute(sa.text(f"ALTER TABLE {table} DROP COLUMN daemon_id"))
+    assert "daemon_id" not in _columns(db, "transactions")
+    inline = _version_2_row(now, timedelta(hours=2))
+    due = _version_2_row(
+        now,
+        timedelta(hours=1),
+        route=Route.STORE,
+        status=Status.STORED,
+        expires_at=now - timedelta(minutes=1),
+    )
+    gone = {**_version_2_row(now, timedelta(days=3), status=Status.EXPIRED), "archived_at": now}
+    with db.begin() as conn:
+        conn.execute(transactions.insert(), [inline, due])
+        conn.execute(archive.insert(), [gone])
+
+    result = upgrade(db)
+
+    assert (result.before, result.after, result.applied) == (2, LATEST, list(range(3, LATEST + 1)))
+    model = {c.name: bool(c.nullable) for c in transactions.columns}
+    assert _columns(db, "transactions") == model
+    assert _columns(db, "transactions_archive") == {**model, "archived_at": False}
+    # Rows written from now on name their daemon; expiry archives both kinds as they are.
+    new = {
+        **_version_2_row(now, timedelta(minutes=30), route=Route.STORE, status=Status.STORED),
+        "expires_at": now - timedelta(seconds=1),
+        "daemon_id": "d:1",
+    }
+    upsert_transactions(db, [new])
+    assert PayloadStore(db).expire(now) == 2
+    with db.connect() as conn:
+        live = dict(conn.execute(sa.select(transactions.c.id, transactions.c.daemon_id)).all())
+        archived = dict(conn.execute(sa.select(archive.c.id, archive.c.daemon_id)).all())
+        if db.is_postgres:  # 0003 replaced bustrail_expire: as privileged and pinned as before
+            expire = "SELECT prosecdef, proconfig FROM pg_proc WHERE proname = 'bustrail_expire'"
+            definer, config = conn.execute(sa.text(expire)).one()
+            assert definer and config == ["search_path=pg_catalog, public, pg_temp"]
+    assert live == {inline["id"]: None}
+    assert archived == {gone["id"]: None, due["id"]: None, new["id"]: "d:1"}
+
+    catalog = _catalog(db)
+    assert upgrade(db).applied == []
+    assert _catalog(db) == catalog
+    require_schema(db)
 
 
 # -- (c) the command line ------------------------------------------------------------------

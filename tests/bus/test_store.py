@@ -457,7 +457,9 @@ def test_expire_archives_exactly_the_due_payloads(db: Database) -> None:
 
     due = []  # stored at T0: expire at T0 + 1h
     for i in range(5):
-        record = store.put(TransactionContext(tenant=f"t{i % 2}"), text_like(150 * KIB, seed=i))
+        record = store.put(
+            TransactionContext(tenant=f"t{i % 2}"), text_like(150 * KIB, seed=i), daemon_id=f"d{i}"
+        )
         payloads[record.id] = record
         due.append(record)
     for record in due[:2]:  # fetched
@@ -510,6 +512,7 @@ def test_expire_archives_exactly_the_due_payloads(db: Database) -> None:
         assert archived.status is expected
         assert archived.checksum == record.checksum
         assert archived.fetch_count == (1 if i < 2 else 0)
+        assert archived.daemon_id == f"d{i}"  # the daemon that stored it, kept
         with pytest.raises((TransactionUnavailable, ChecksumMismatch)):
             store.open(record.tenant, record.id)
     archived_at = sql(db, "SELECT DISTINCT archived_at FROM transactions_archive")
@@ -591,7 +594,12 @@ def test_abandon_pending_fails_old_pending_rows_and_sweeps_orphaned_chunks(db: D
     def pending(age: timedelta, tenant: str) -> uuid.UUID:
         tx_id, created_at = new_transaction_id(now - age)
         row = Transaction(
-            id=tx_id, created_at=created_at, tenant=tenant, route=Route.STORE, status=Status.PENDING
+            id=tx_id,
+            created_at=created_at,
+            tenant=tenant,
+            route=Route.STORE,
+            status=Status.PENDING,
+            daemon_id="crashed:42",
         )
         upsert_transactions(db, [transaction_to_row(row)])
         return tx_id
@@ -624,6 +632,7 @@ def test_abandon_pending_fails_old_pending_rows_and_sweeps_orphaned_chunks(db: D
         assert row.status is Status.FAILED
         assert row.error_kind == "abandoned"
         assert row.error and "pending" in row.error
+        assert row.daemon_id == "crashed:42"  # still the daemon that left it, not recovery's
     for tx_id, tenant in zip(young, ("acme", "globex"), strict=True):
         row = store.info(tenant, tx_id)
         assert (row.status, row.error_kind) == (Status.PENDING, None)

@@ -58,10 +58,11 @@ def test_results_of_every_size_arrive_byte_identical_and_audited(tmp_path: Path)
         assert data == expected
         assert hashlib.sha256(data).hexdigest() == result.checksum
         row = by_id[result.transaction_id]
-        assert (row["size"], row["checksum"], row["tool"]) == (
+        assert (row["size"], row["checksum"], row["tool"], row["daemon_id"]) == (
             len(expected),
             result.checksum,
             "generate",
+            daemon.runtime.bus.daemon_id,
         )
         if size < ONE_MIB:
             assert result.route == row["route"] == "inline"
@@ -287,11 +288,12 @@ def test_an_upload_is_stored_verified_and_audited(daemon: ThreadDaemon) -> None:
     assert back.content == payload
     daemon.runtime.audit.flush()
     (row,) = audit_rows(database_url(daemon), id=answer["transaction_id"])
-    assert (row["direction"], row["route"], row["status"], row["size"]) == (
+    assert (row["direction"], row["route"], row["status"], row["size"], row["daemon_id"]) == (
         "upload",
         "store",
         "fetched",
         len(payload),
+        daemon.runtime.bus.daemon_id,
     )
 
 

@@ -79,6 +79,7 @@ def _row(
         checksum=f"{rng.getrandbits(256):064x}",
         trace_id=f"{rng.getrandbits(128):032x}",
         span_id=f"{rng.getrandbits(64):016x}",
+        daemon_id="d1",  # the daemon of the seeded breaker events
     )
     if status in ("delivered",):
         row["delivered_at"] = created_at + timedelta(milliseconds=40)

@@ -180,6 +180,7 @@ def test_transaction_detail_shows_its_lifecycle(seeded: tuple[str, Seed]) -> Non
     fields = table(at, "fields").set_index("field")["value"]
     assert fields["checksum (SHA-256)"] == row["checksum"]
     assert fields["tenant"] == "acme"
+    assert fields["daemon"] == "d1"
     assert fields["archived"] == "no"
     assert TEMPLATE.format(trace_id=row["trace_id"]) in text(at)
 

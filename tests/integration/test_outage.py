@@ -300,6 +300,7 @@ def test_ten_thousand_transactions_through_a_database_outage(
                     transactions.c.status,
                     transactions.c.error_kind,
                     transactions.c.fetch_count,
+                    transactions.c.daemon_id,
                 )
             ).all()
             events = conn.execute(
@@ -345,6 +346,8 @@ def test_ten_thousand_transactions_through_a_database_outage(
     assert ("open", "half_open", "open_timeout_elapsed") in steps
     assert steps[-1] == ("half_open", "closed", "probe_succeeded")
     assert {e.daemon_id for e in events} == {daemon_id}
+    # Its audit rows name the same daemon, those that came through the spool too.
+    assert {r.daemon_id for r in rows} == {daemon_id}
     assert final_state is BreakerState.CLOSED
 
     # -- what the outage produced came through the spool ------------------------------
