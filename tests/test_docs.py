@@ -89,3 +89,42 @@ def test_every_alert_has_a_runbook_section() -> None:
     assert alerts
     for alert in alerts:
         assert alert in headings, f"{alert} has no section in docs/runbook.md"
+
+
+def _sql_blocks(path: Path) -> list[tuple[str, str]]:
+    """(where, statement) of every ```sql block of a page, split at ``;``; statements
+    with a placeholder (``<id>``) are left out."""
+    text = path.read_text(encoding="utf-8")
+    found = []
+    for match in re.finditer(r"```sql\n(.*?)```", text, re.S):
+        line = text.count("\n", 0, match.start()) + 1
+        for statement in match[1].split(";"):
+            statement = "\n".join(
+                s for s in statement.splitlines() if not s.strip().startswith("--")
+            ).strip()
+            if statement and "<" not in statement.replace("<=", "").replace("< ", ""):
+                found.append((f"{path.name}:{line}", statement))
+    return found
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("page", ["README.md", "docs/runbook.md"])
+def test_the_sql_the_docs_show_runs_on_the_schema(page: str, pg_url: str) -> None:
+    """Every query a reader is told to run is valid against the current schema (a renamed
+    column would otherwise leave an SRE with an error in the middle of an incident)."""
+    import sqlalchemy as sa
+
+    from bus.db import Database
+
+    statements = _sql_blocks(ROOT / page)
+    assert statements, f"no SQL found in {page}"
+    db = Database(pg_url)
+    try:
+        for where, statement in statements:
+            with db.begin() as conn:
+                try:
+                    conn.execute(sa.text(statement))
+                except sa.exc.DBAPIError as exc:
+                    pytest.fail(f"{where}: {statement}\n-> {exc.orig}")
+    finally:
+        db.dispose()
