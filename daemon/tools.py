@@ -315,14 +315,34 @@ class ToolRegistry:
             raise ImportError(f"module {import_path!r} has no function marked with @tool")
         return [self.add(fn) for fn in found]
 
+    def _load_one(self, import_path: str, attr: str) -> Tool:
+        """Register the ``@tool`` function ``attr`` of a module."""
+        try:
+            module = importlib.import_module(import_path)
+        except Exception as exc:
+            raise ImportError(
+                f"cannot import tools from {import_path!r}: {_describe(exc)}"
+            ) from exc
+        fn = getattr(module, attr, None)
+        if fn is None:
+            raise ImportError(f"module {import_path!r} has no {attr!r}")
+        if not (callable(fn) and hasattr(fn, _MARK)):
+            raise ImportError(f"{import_path}:{attr} is not a function marked with @tool")
+        return self.add(fn)
+
     def load_entry_points(self) -> list[Tool]:
-        """Register the tools of every module named in the ``bustrail.tools`` entry-point
-        group. One that cannot be loaded is an ImportError naming the entry point, its
-        distribution and what went wrong: a broken plugin stops the start-up, clearly."""
+        """Register the tools of the ``bustrail.tools`` entry-point group: every ``@tool``
+        function of a module (``name = pkg.mod``), or the one named (``name =
+        pkg.mod:func``). One that cannot be loaded is an ImportError naming the entry
+        point, its distribution and what went wrong: a broken plugin stops the start-up,
+        clearly."""
         loaded: list[Tool] = []
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
-                loaded.extend(self.load_module(ep.module))
+                if ep.attr:
+                    loaded.append(self._load_one(ep.module, ep.attr))
+                else:
+                    loaded.extend(self.load_module(ep.module))
             except Exception as exc:
                 dist = f" of {ep.dist.name}" if ep.dist is not None else ""
                 raise ImportError(

@@ -29,14 +29,17 @@ def shout(text: str) -> str:
 '''
 
 
-def install(site: Path, dist: str, entry: str, module: str, source: str) -> None:
+def install(
+    site: Path, dist: str, entry: str, module: str, source: str, attr: str | None = None
+) -> None:
     """Install distribution ``dist`` into ``site``: module ``module`` (``source``) and
-    ``entry = module`` in the bustrail.tools group."""
+    ``entry = module`` (or ``module:attr``) in the bustrail.tools group."""
     (site / f"{module}.py").write_text(source)
     info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text(f"[bustrail.tools]\n{entry} = {module}\n")
+    value = f"{module}:{attr}" if attr else module
+    (info / "entry_points.txt").write_text(f"[bustrail.tools]\n{entry} = {value}\n")
 
 
 def plugin_env(tmp_path: Path, site: Path) -> dict[str, str]:
@@ -96,4 +99,65 @@ def test_a_broken_entry_point_refuses_start_up_naming_it(
     assert "Traceback" not in done.stderr and "listening" not in done.stdout
     (line,) = [line for line in done.stderr.splitlines() if "entry point" in line]
     assert "'broken' of bustrail-broken (bustrail.tools: bt_broken_tools)" in line
+    assert error in line
+
+
+TWO_TOOLS = (
+    GOOD_TOOLS
+    + '''
+
+@tool(name="whisper")
+def whisper(text: str) -> str:
+    """Lower-case the text."""
+    return text.lower()
+'''
+)
+
+
+def _serve_and_list(tmp_path: Path, site: Path) -> set[str]:
+    daemon = DaemonProcess(plugin_env(tmp_path, site))
+    try:
+
+        async def names() -> set[str]:
+            async with await Client.connect(daemon.url) as client:
+                return {t["name"] for t in await client.list_tools()}
+
+        return asyncio.run(names())
+    finally:
+        daemon.stop()
+
+
+def test_an_entry_point_naming_one_function_registers_only_that_one(
+    tmp_path: Path, site: Path
+) -> None:
+    """The module also has a ``shout``, like the fixture's plugin: were it registered,
+    the name would be taken twice and the daemon would refuse to start."""
+    install(site, "bustrail-quiet", "quiet", "bt_quiet_tools", TWO_TOOLS, attr="whisper")
+    names = _serve_and_list(tmp_path, site)
+    assert {"whisper", "shout", "echo"} <= names
+
+
+@pytest.mark.parametrize(
+    ("attr", "error"),
+    [
+        ("nowhere", "module 'bt_attr_tools' has no 'nowhere'"),
+        ("helper", "bt_attr_tools:helper is not a function marked with @tool"),
+    ],
+)
+def test_an_entry_point_naming_a_missing_or_unmarked_object_refuses_start_up(
+    tmp_path: Path, site: Path, attr: str, error: str
+) -> None:
+    source = TWO_TOOLS + "\n\ndef helper() -> None:\n    pass\n"
+    install(site, "bustrail-attr", "attr", "bt_attr_tools", source, attr=attr)
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "serve", "--port", "0"],
+        env=plugin_env(tmp_path, site),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if "entry point" in line]
+    assert f"'attr' of bustrail-attr (bustrail.tools: bt_attr_tools:{attr})" in line
     assert error in line
