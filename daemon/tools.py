@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Generator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
+from types import ModuleType
 from typing import Any, get_type_hints
 
 import pydantic
@@ -254,6 +255,15 @@ def _describe(exc: Exception) -> str:
     return str(exc) if isinstance(exc, ImportError) else f"{type(exc).__name__}: {exc}"
 
 
+def _import_tools(import_path: str) -> ModuleType:
+    """Import a module of tools; whatever its import raises (a plugin's module may raise
+    anything) becomes an ImportError naming the path."""
+    try:
+        return importlib.import_module(import_path)
+    except Exception as exc:
+        raise ImportError(f"cannot import tools from {import_path!r}: {_describe(exc)}") from exc
+
+
 class ToolRegistry:
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
@@ -302,12 +312,7 @@ class ToolRegistry:
     def load_module(self, import_path: str) -> list[Tool]:
         """Register every ``@tool`` function of a module; ImportError names the path,
         whatever its import raised (a plugin's module may raise anything)."""
-        try:
-            module = importlib.import_module(import_path)
-        except Exception as exc:
-            raise ImportError(
-                f"cannot import tools from {import_path!r}: {_describe(exc)}"
-            ) from exc
+        module = _import_tools(import_path)
         found = [
             value for value in vars(module).values() if callable(value) and hasattr(value, _MARK)
         ]
@@ -317,13 +322,7 @@ class ToolRegistry:
 
     def _load_one(self, import_path: str, attr: str) -> Tool:
         """Register the ``@tool`` function ``attr`` of a module."""
-        try:
-            module = importlib.import_module(import_path)
-        except Exception as exc:
-            raise ImportError(
-                f"cannot import tools from {import_path!r}: {_describe(exc)}"
-            ) from exc
-        fn = getattr(module, attr, None)
+        fn = getattr(_import_tools(import_path), attr, None)
         if fn is None:
             raise ImportError(f"module {import_path!r} has no {attr!r}")
         if not (callable(fn) and hasattr(fn, _MARK)):

@@ -48,6 +48,23 @@ def plugin_env(tmp_path: Path, site: Path) -> dict[str, str]:
     return env
 
 
+def refused_start_up(tmp_path: Path, site: Path) -> str:
+    """Run ``bustrail serve`` with the distributions of ``site``: it must refuse to start
+    (exit 2, no traceback); the one line of its error naming the entry point."""
+    done = subprocess.run(
+        [sys.executable, "-m", "daemon.cli", "serve", "--port", "0"],
+        env=plugin_env(tmp_path, site),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and "listening" not in done.stdout
+    (line,) = [line for line in done.stderr.splitlines() if "entry point" in line]
+    return line
+
+
 @pytest.fixture
 def site(tmp_path: Path) -> Path:
     """A folder of installed distributions, with one good tool plugin in it."""
@@ -87,17 +104,7 @@ def test_a_broken_entry_point_refuses_start_up_naming_it(
     tmp_path: Path, site: Path, source: str, error: str
 ) -> None:
     install(site, "bustrail-broken", "broken", "bt_broken_tools", source)
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "serve", "--port", "0"],
-        env=plugin_env(tmp_path, site),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    assert "Traceback" not in done.stderr and "listening" not in done.stdout
-    (line,) = [line for line in done.stderr.splitlines() if "entry point" in line]
+    line = refused_start_up(tmp_path, site)
     assert "'broken' of bustrail-broken (bustrail.tools: bt_broken_tools)" in line
     assert error in line
 
@@ -149,15 +156,6 @@ def test_an_entry_point_naming_a_missing_or_unmarked_object_refuses_start_up(
 ) -> None:
     source = TWO_TOOLS + "\n\ndef helper() -> None:\n    pass\n"
     install(site, "bustrail-attr", "attr", "bt_attr_tools", source, attr=attr)
-    done = subprocess.run(
-        [sys.executable, "-m", "daemon.cli", "serve", "--port", "0"],
-        env=plugin_env(tmp_path, site),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 2, done.stderr
-    (line,) = [line for line in done.stderr.splitlines() if "entry point" in line]
+    line = refused_start_up(tmp_path, site)
     assert f"'attr' of bustrail-attr (bustrail.tools: bt_attr_tools:{attr})" in line
     assert error in line
