@@ -357,11 +357,11 @@ class Client:
         else:
             checksum = hashlib.sha256(data).hexdigest()
             content = data
-        response = await self._http.post(
-            "/v1/transactions",
-            content=content,
-            headers={"content-type": mime_type, "x-bustrail-checksum": f"sha256:{checksum}"},
-        )
+        headers = {"content-type": mime_type, "x-bustrail-checksum": f"sha256:{checksum}"}
+        async with _reaching(
+            self._http, "POST", "/v1/transactions", content=content, headers=headers
+        ) as response:
+            await response.aread()
         if response.status_code != 201:
             raise ClientError(f"upload: HTTP {response.status_code}: {_error_text(response.text)}")
         return dict(response.json())
@@ -373,7 +373,7 @@ async def fetch_transaction(
     """GET /v1/transactions/<id> on ``http``; bytes, or the file written. Verified."""
     path = f"/v1/transactions/{transaction_id}"
     digest = hashlib.sha256()
-    async with http.stream("GET", path) as response:
+    async with _reaching(http, "GET", path) as response:
         if response.status_code != 200:
             body = (await response.aread()).decode(errors="replace")
             raise ClientError(f"GET {path}: HTTP {response.status_code}: {_error_text(body)}")
@@ -394,6 +394,22 @@ async def fetch_transaction(
             data.unlink(missing_ok=True)
         raise IntegrityError(f"transaction {transaction_id}: downloaded bytes fail their SHA-256")
     return data
+
+
+@contextlib.asynccontextmanager
+async def _reaching(
+    http: httpx.AsyncClient, method: str, path: str, **request: Any
+) -> AsyncIterator[httpx.Response]:
+    """``http.stream(...)``; a daemon that cannot be reached or drops the connection
+    (refused, reset, timed out) is a ClientError naming the URL, not httpx's traceback."""
+    try:
+        async with http.stream(method, path, **request) as response:
+            yield response
+    except httpx.TransportError as exc:
+        url = http.base_url.join(path)
+        raise ClientError(
+            f"{method} {url}: no answer from the daemon ({type(exc).__name__}: {exc})"
+        ) from exc
 
 
 def http_base(ws_url: str) -> str:

@@ -150,6 +150,28 @@ def test_fetch_writes_a_verified_file(
     assert not missing.exists()
 
 
+def test_fetch_from_a_daemon_that_is_not_there_is_one_clear_line(tmp_path: Path) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = tmp_path / "never.json"
+    done = bustrail(
+        "fetch",
+        "01a21a44-2303-76a5-b84b-d1bc3e7b76c0",
+        "-o",
+        str(target),
+        "--url",
+        f"ws://127.0.0.1:{port}/ws",
+        env=daemon_env(tmp_path),
+    )
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"bustrail: GET http://127.0.0.1:{port}/v1/transactions/01a21a44")
+    assert "no answer from the daemon (ConnectError" in line
+    assert not target.exists()
+
+
 def test_health_says_whether_the_daemon_answers(
     served: tuple[DaemonProcess, dict[str, str]],
 ) -> None:
