@@ -5,20 +5,19 @@ no finding at all. The database is real (SQLite file, PostgreSQL); nothing is mo
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 
 from analysis.detectors import DETECTORS, KINDS, run_detectors
 from analysis.findings import AnalysisError, AnalysisResult, Params, fingerprint
 from analysis.queries import canonical_id
-from bus.db import Database, normalize_url, utcnow
+from bus.db import Database, utcnow
 from bus.models import Compression, Route, Status
 from tests.analysis.audit_seed import archived, breaker_event, clean_workload, seed, stored, tx
+from tests.helpers.roles import app_role
 
 DAY = timedelta(days=1)
 
@@ -568,30 +567,10 @@ def test_durations_in_parameters(db: Database) -> None:
 def test_a_role_under_row_level_security_is_refused(pg_url: str) -> None:
     """As the daemon's role the analysis would see no rows and report a clean bill of
     health: it must refuse instead."""
-    owner = Database(pg_url)
-    role = f"bustrail_app_{uuid.uuid4().hex[:10]}"
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
-        conn.execute(sa.text("SELECT bustrail_grant_app_role(:role)"), {"role": role})
-    as_role = Database(
-        sa.engine.make_url(normalize_url(pg_url))
-        .set(username=role, password=None)
-        .render_as_string(hide_password=False)
-    )
-    try:
-        with pytest.raises(AnalysisError, match="row-level security"):
-            run_detectors(as_role, DAY)
-    finally:
-        as_role.dispose()
-        with owner.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
-                ),
-                {"r": role},
-            )
-        with owner.begin() as conn:
-            conn.execute(sa.text(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER'))
-            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-            conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
-        owner.dispose()
+    with app_role(pg_url) as url:
+        as_role = Database(url)
+        try:
+            with pytest.raises(AnalysisError, match="row-level security"):
+                run_detectors(as_role, DAY)
+        finally:
+            as_role.dispose()

@@ -14,12 +14,8 @@ already holds rows.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
-import subprocess
-import sys
 import threading
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,17 +26,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 
-from bus.db import Database, new_transaction_id, normalize_url
+from bus.db import Database, new_transaction_id
 from bus.errors import TransactionNotFound, TransactionUnavailable
 from bus.models import Route, Status, Transaction
 from bus.records import transaction_to_row, upsert_transactions
 from bus.schema import current_version, upgrade
-from bus.settings import Settings
 from bus.store import PayloadStore, StoreConfig, TransactionContext
+from tests.helpers import roles
+from tests.helpers.daemon import bustrail_cli
 
 pytestmark = pytest.mark.postgres
 
-REPO = Path(__file__).resolve().parents[2]
 TENANTS = ("acme", "globex", "initech")
 TOOLS = ("echo", "generate", "search", None)
 ORIGIN = "timestamptz '2000-01-01 00:00:00+00'"
@@ -445,36 +441,18 @@ def test_concurrent_writers_never_deadlock_and_stay_exact(pg_url: str) -> None:
 
 
 # -- a non-superuser daemon role -----------------------------------------------------------------
-def _as_role(url: str, role: str) -> str:
-    return (
-        sa.engine.make_url(normalize_url(url))
-        .set(username=role, password=None)
-        .render_as_string(hide_password=False)
-    )
-
-
 @pytest.fixture
 def app_role(pg_url: str) -> Iterator[tuple[Database, Database]]:
     """(the owner, the same database as a role made with bustrail_grant_app_role)."""
     owner = Database(pg_url)
-    role = f"bustrail_app_{uuid.uuid4().hex[:10]}"
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
-        conn.execute(sa.text("SELECT bustrail_grant_app_role(:role)"), {"role": role})
-    app = Database(_as_role(pg_url, role))
     try:
-        yield owner, app
+        with roles.app_role(pg_url) as url:
+            app = Database(url)
+            try:
+                yield owner, app
+            finally:
+                app.dispose()
     finally:
-        app.dispose()
-        with owner.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
-                ),
-                {"r": role},
-            )
-            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-            conn.execute(sa.text(f'DROP ROLE "{role}"'))
         owner.dispose()
 
 
@@ -519,20 +497,6 @@ def test_a_daemon_role_writes_through_the_rollup_and_reads_only_its_tenant(
 
 
 # -- the backfill --------------------------------------------------------------------------------
-def _bustrail(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    env["DATABASE_URL"] = database_url.replace("postgresql+psycopg://", "postgresql://")
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 def _daemon_id_column(db: Database, change: str) -> None:
     with db.begin() as conn:
         for table in ("transactions", "transactions_archive"):
@@ -555,14 +519,14 @@ def test_db_upgrade_backfills_the_rollup_once(pg_server: Any, tmp_path: Path) ->
         assert _count(db, "SELECT count(*) FROM transactions_archive") == 1
         _daemon_id_column(db, "DROP COLUMN daemon_id")
 
-        first = _bustrail(["db", "upgrade"], db.url, tmp_path)
+        first = bustrail_cli(["db", "upgrade"], db.url, tmp_path)
         assert first.returncode == 0, first.stderr
         assert "applied 0002" in first.stdout
         assert_exact(db, "the backfill")
         with db.begin() as conn:
             before = sorted(conn.execute(sa.text(EXPECTED["transactions_hourly"][0])))
 
-        second = _bustrail(["db", "upgrade"], db.url, tmp_path)
+        second = bustrail_cli(["db", "upgrade"], db.url, tmp_path)
         assert second.returncode == 0, second.stderr
         assert "nothing to do" in second.stdout
         with db.begin() as conn:

@@ -7,7 +7,6 @@ kind of write is tried against them. Then the PayloadStore runs through the same
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from bus.errors import TransactionNotFound, TransactionUnavailable
 from bus.models import Route, Status, Transaction
 from bus.records import transaction_to_row, upsert_transactions
 from bus.store import PayloadStore, StoreConfig, TransactionContext
+from tests.helpers.roles import as_role, create_role, drop_role
 
 pytestmark = pytest.mark.postgres
 
@@ -43,44 +43,11 @@ class World:
     b_future: uuid.UUID  # B's row in transactions_default (no partition for 2099)
 
 
-def _as_role(url: str, role: str) -> str:
-    return (
-        sa.engine.make_url(normalize_url(url))
-        .set(username=role, password=None)
-        .render_as_string(hide_password=False)
-    )
-
-
-def _drop_role(owner: Database, role: str) -> None:
-    # The role's sessions must be gone first: one still exiting may be dropping its
-    # temporary tables, which REASSIGN OWNED would trip over.
-    deadline = time.monotonic() + 10
-    while True:
-        with owner.begin() as conn:  # a new transaction each time: fresh statistics
-            alive = conn.execute(
-                sa.text(
-                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
-                    "WHERE usename = :r"
-                ),
-                {"r": role},
-            ).scalar_one()
-        if not alive:
-            break
-        assert time.monotonic() < deadline, f"the sessions of {role} do not end"
-        time.sleep(0.02)
-    with owner.begin() as conn:
-        conn.execute(sa.text(f'REASSIGN OWNED BY "{role}" TO CURRENT_USER'))
-        conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-        conn.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
-
-
 @pytest.fixture
 def world(pg_url: str) -> Iterator[World]:
     owner = Database(pg_url)
-    role = f"bustrail_app_{uuid.uuid4().hex[:10]}"
+    role = create_role(owner)
     with owner.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
-        conn.execute(sa.text("SELECT bustrail_grant_app_role(:role)"), {"role": role})
         is_super, bypass = conn.execute(
             sa.text("SELECT rolsuper, rolbypassrls FROM pg_roles WHERE rolname = :r"), {"r": role}
         ).one()
@@ -116,7 +83,7 @@ def world(pg_url: str) -> Iterator[World]:
         assert ("transactions_default", future_id) in where
         yield World(
             owner,
-            _as_role(pg_url, role),
+            as_role(pg_url, role),
             role,
             partition,
             a.id,
@@ -126,7 +93,7 @@ def world(pg_url: str) -> Iterator[World]:
         )
     finally:
         try:
-            _drop_role(owner, role)
+            drop_role(owner, role)
         finally:
             owner.dispose()
 
@@ -278,10 +245,8 @@ def test_with_no_tenant_set_nothing_is_visible(app: sa.Engine, world: World) -> 
 
 def test_only_granted_roles_may_run_the_cross_tenant_maintenance(world: World) -> None:
     """bustrail_expire and bustrail_abandon_pending run as their owner, across tenants."""
-    stranger = f"bustrail_stranger_{uuid.uuid4().hex[:10]}"
-    with world.owner.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{stranger}" LOGIN NOSUPERUSER NOBYPASSRLS'))
-    engine = sa.create_engine(normalize_url(_as_role(world.app_url, stranger)))
+    stranger = create_role(world.owner, "bustrail_stranger", grant=False)
+    engine = sa.create_engine(normalize_url(as_role(world.app_url, stranger)))
     try:
         for call in (
             "SELECT bustrail_expire('2999-01-01', 10)",
@@ -292,7 +257,7 @@ def test_only_granted_roles_may_run_the_cross_tenant_maintenance(world: World) -
             assert isinstance(info.value.orig, psycopg.errors.InsufficientPrivilege), call
     finally:
         engine.dispose()
-        _drop_role(world.owner, stranger)
+        drop_role(world.owner, stranger)
     with world.owner.begin() as conn:
         assert _rows(conn, "SELECT 1 FROM transactions WHERE id = :id", id=world.b_stored)
 

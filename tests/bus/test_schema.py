@@ -4,9 +4,6 @@ refused with the fix; monthly partitions are made, filled and dropped as designe
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -24,10 +21,9 @@ from bus.errors import SchemaError
 from bus.models import Route, Status, Transaction
 from bus.records import archive, transaction_to_row, transactions, upsert_transactions
 from bus.schema import current_version, migrations, require_schema, upgrade
-from bus.settings import Settings
 from bus.store import PayloadStore
+from tests.helpers.daemon import bustrail_cli
 
-REPO = Path(__file__).resolve().parents[2]
 LATEST = len(migrations())
 
 # information_schema/pg_type names -> a type family; SQLAlchemy's PostgreSQL DDL -> same.
@@ -319,31 +315,16 @@ def test_a_database_at_version_2_with_rows_upgrades_keeping_them(empty_db: Datab
 # -- (c) the command line ------------------------------------------------------------------
 
 
-def _bustrail(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    # No setting from the outside (nor a `.env`: cwd is a fresh directory) but the URL.
-    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
-    env["DATABASE_URL"] = database_url
-    return subprocess.run(
-        [sys.executable, "-m", "daemon.cli", *args],
-        cwd=cwd,
-        env={**env, "PYTHONPATH": str(REPO)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("empty_db", BACKENDS, indirect=True)
 def test_cli_db_upgrade(empty_db: Database, tmp_path: Path) -> None:
     url = empty_db.url.replace("postgresql+psycopg://", "postgresql://")
-    first = _bustrail(["db", "upgrade"], url, tmp_path)
+    first = bustrail_cli(["db", "upgrade"], url, tmp_path)
     assert first.returncode == 0, first.stderr
     assert f"schema 0 -> {LATEST}" in first.stdout
     assert "applied 0001" in first.stdout
     assert "Traceback" not in first.stderr
 
-    second = _bustrail(["db", "upgrade"], url, tmp_path)
+    second = bustrail_cli(["db", "upgrade"], url, tmp_path)
     assert second.returncode == 0, second.stderr
     assert f"already at version {LATEST}" in second.stdout
     assert "nothing to do" in second.stdout
@@ -351,7 +332,7 @@ def test_cli_db_upgrade(empty_db: Database, tmp_path: Path) -> None:
 
 
 def test_cli_db_upgrade_with_an_unreachable_database_says_so(tmp_path: Path) -> None:
-    done = _bustrail(
+    done = bustrail_cli(
         ["db", "upgrade"], "postgresql://nobody@127.0.0.1:1/none?connect_timeout=2", tmp_path
     )
     assert done.returncode != 0

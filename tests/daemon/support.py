@@ -12,7 +12,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from bus.db import Database, as_utc, normalize_url
+from bus.db import Database, as_utc
 from bus.records import TRANSACTION_COLUMNS, archive, transactions
 
 __all__ = [
@@ -31,7 +31,6 @@ __all__ = [
     "calls_in_flight",
     "chunk_count",
     "database_url",
-    "pg_role",
     "raw_client",
     "refused_counts",
     "wait_until",
@@ -181,22 +180,3 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 60) ->
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up waiting for {what}")
         time.sleep(0.05)
-
-
-@contextlib.contextmanager
-def pg_role(pg_server: Any, db_url: str) -> Iterator[str]:
-    """A non-superuser login role granted the daemon's rights on one test database;
-    yields that database's URL for the role (row-level security applies to it)."""
-    name = f"bustrail_app_{uuid.uuid4().hex[:10]}"
-    pg_server.execute(f'CREATE ROLE "{name}" LOGIN')
-    owner = sa.create_engine(normalize_url(db_url))
-    try:
-        with owner.begin() as conn:
-            conn.execute(sa.text("SELECT bustrail_grant_app_role(:r)"), {"r": name})
-        url = sa.engine.make_url(db_url).set(username=name, password=None)
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with owner.begin() as conn:
-            conn.execute(sa.text(f'DROP OWNED BY "{name}"'))
-        owner.dispose()
-        pg_server.execute(f'DROP ROLE IF EXISTS "{name}"')

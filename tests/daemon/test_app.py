@@ -25,10 +25,10 @@ from tests.daemon.support import (
     audit_rows,
     chunk_count,
     database_url,
-    pg_role,
     raw_client,
     refused_counts,
 )
+from tests.helpers import roles
 from tests.helpers.daemon import ThreadDaemon, thread_daemon
 
 MB = 1_000_000
@@ -365,7 +365,7 @@ ORIGIN = "https://console.example"
 
 
 @pytest.fixture
-def tenant_daemon(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+def tenant_daemon(db_url: str, tmp_path: Path) -> Iterator[Any]:
     """Auth on, two tenants; on PostgreSQL the daemon runs as a non-superuser role so
     row-level security is in force too."""
     settings = {
@@ -378,7 +378,7 @@ def tenant_daemon(db_url: str, tmp_path: Path, request: pytest.FixtureRequest) -
             yield daemon
         return
     with (
-        pg_role(request.getfixturevalue("pg_server"), db_url) as app_url,
+        roles.app_role(db_url) as app_url,
         thread_daemon(tmp_path, database_url=app_url, **settings) as daemon,
     ):
         yield daemon

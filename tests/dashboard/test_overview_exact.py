@@ -8,7 +8,6 @@ whichever way they are read). A role under row-level security sees its tenant's 
 from __future__ import annotations
 
 import random
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -19,10 +18,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from bus.db import Database, new_transaction_id, normalize_url
+from bus.db import Database, new_transaction_id
 from bus.models import Route, Status, Transaction
 from bus.records import archive, transaction_to_row, upsert_transactions
 from dashboard import queries, rollup
+from tests.helpers import roles
 
 pytestmark = pytest.mark.postgres
 
@@ -239,28 +239,14 @@ def test_a_tenants_role_sees_its_own_figures(
     seeded: tuple[Database, datetime], pg_url: str
 ) -> None:
     db, base = seeded
-    role = f"bustrail_dash_{uuid.uuid4().hex[:10]}"
-    with db.begin() as conn:
-        conn.execute(sa.text(f'CREATE ROLE "{role}" LOGIN NOSUPERUSER NOBYPASSRLS'))
-        conn.execute(sa.text("SELECT bustrail_grant_app_role(:role)"), {"role": role})
-        conn.execute(sa.text(f"ALTER ROLE \"{role}\" SET bustrail.tenant = 'globex'"))
-    url = sa.engine.make_url(normalize_url(pg_url)).set(username=role, password=None)
-    app = Database(url.render_as_string(hide_password=False))
-    try:
-        start, end, bucket = _window(base, RANGES["partial hours at both edges"])
-        got = queries.overview(app, start, end, bucket, top=TOP)
-        assert set(got.tenants["tenant"]) == {"globex"}
-        assert_matches_the_rows(got, app, start, end, bucket)  # the oracle under RLS too
-        everyone = queries.overview(db, start, end, bucket, top=TOP)
-        assert 0 < got.totals["transactions"] < everyone.totals["transactions"]
-    finally:
-        app.dispose()
-        with db.begin() as conn:
-            conn.execute(
-                sa.text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :r"
-                ),
-                {"r": role},
-            )
-            conn.execute(sa.text(f'DROP OWNED BY "{role}"'))
-            conn.execute(sa.text(f'DROP ROLE "{role}"'))
+    with roles.app_role(pg_url, "bustrail_dash", tenant="globex") as url:
+        app = Database(url)
+        try:
+            start, end, bucket = _window(base, RANGES["partial hours at both edges"])
+            got = queries.overview(app, start, end, bucket, top=TOP)
+            assert set(got.tenants["tenant"]) == {"globex"}
+            assert_matches_the_rows(got, app, start, end, bucket)  # the oracle under RLS too
+            everyone = queries.overview(db, start, end, bucket, top=TOP)
+            assert 0 < got.totals["transactions"] < everyone.totals["transactions"]
+        finally:
+            app.dispose()

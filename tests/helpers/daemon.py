@@ -29,6 +29,25 @@ from daemon.server import build_registry
 _LISTENING = re.compile(r"bustrail listening on (ws://\S+)")
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def bustrail_cli(args: list[str], database_url: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``bustrail ARGS`` with no setting from the outside (nor a ``.env``: ``cwd`` is a
+    fresh directory) but the database URL."""
+    env = {k: v for k, v in os.environ.items() if k.lower() not in Settings.model_fields}
+    env["DATABASE_URL"] = database_url.replace("postgresql+psycopg://", "postgresql://")
+    return subprocess.run(
+        [sys.executable, "-m", "daemon.cli", *args],
+        cwd=cwd,
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
 def daemon_env(tmp_path: Path, **settings: Any) -> dict[str, str]:
     """An environment for a daemon subprocess: isolated spool and SQLite file."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MESSAGE_BUS_", "BUSTRAIL_"))}
