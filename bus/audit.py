@@ -103,7 +103,9 @@ def _encode(value: Any) -> Any:
 
 def _decode(kind: str, row: Mapping[str, Any]) -> dict[str, Any]:
     table = _TABLES[kind]
-    out: dict[str, Any] = {}
+    # A line spooled by an older bustrail lacks the (nullable) columns added since, such
+    # as transactions.daemon_id: NULL, as an INSERT that does not name them would store.
+    out: dict[str, Any] = {c.name: None for c in table.columns if c.nullable and c.name not in row}
     for name, value in row.items():
         column = table.c[name]
         if value is None:

@@ -252,12 +252,7 @@ _ENUM_POSITIONS = tuple(
 
 def _copy_values(row: Mapping[str, Any]) -> list[Any]:
     """The row's values in column order, enums as their values (the COPY hot path)."""
-    try:
-        values = list(_row_values(row))
-    except KeyError:
-        # A partial row: one spooled by an older bustrail lacks the columns added since
-        # (daemon_id); as in an INSERT that does not name them, they are NULL.
-        values = [row.get(name) for name in TRANSACTION_COLUMNS]
+    values = list(_row_values(row))
     for i in _ENUM_POSITIONS:
         value = values[i]
         if isinstance(value, StrEnum):
