@@ -415,7 +415,9 @@ class PayloadStore:
             return
         now = self._clock()
         with self.db.begin(tenant) as conn:
-            _archive_rows(conn, [record], now, rejected=rejected)
+            _archive_rows(
+                conn, [(record.id, record.created_at, record.tenant)], now, rejected=rejected
+            )
 
     def expire(self, now: datetime | None = None, *, batch: int = 10_000) -> int:
         """Archive every stored payload past ``expires_at`` (all tenants); return how many."""
@@ -432,7 +434,9 @@ class PayloadStore:
                     )
                 else:
                     due = conn.execute(
-                        sa.select(transactions)
+                        sa.select(
+                            transactions.c.id, transactions.c.created_at, transactions.c.tenant
+                        )
                         .where(
                             transactions.c.status.in_(
                                 (Status.STORED, Status.FETCHED, Status.CORRUPTED)
@@ -441,12 +445,9 @@ class PayloadStore:
                         )
                         .order_by(transactions.c.expires_at)
                         .limit(batch)
-                    ).mappings()
-                    records = [
-                        Transaction(**{k: row[k] for k in TRANSACTION_COLUMNS}) for row in due
-                    ]
-                    found = len(records)
-                    moved = _archive_rows(conn, records, now)
+                    ).all()
+                    found = len(due)
+                    moved = _archive_rows(conn, [(r.id, r.created_at, r.tenant) for r in due], now)
             total += moved
             if found < batch:
                 return total
@@ -493,7 +494,7 @@ def _key(tx_id: uuid.UUID, created_at: datetime, tenant: str) -> tuple[sa.Column
 
 def _archive_rows(
     conn: sa.Connection,
-    records: list[Transaction],
+    keys: list[tuple[uuid.UUID, datetime, str]],
     now: datetime,
     *,
     rejected: tuple[str, str] | None = None,
@@ -504,14 +505,14 @@ def _archive_rows(
     Each live row is deleted first, and only what the delete hands back is archived,
     as it was at that moment: when a concurrent expiry (or another delete) got to a row
     first, it is simply skipped instead of being archived twice, and a fetch counted
-    since ``records`` were read is kept.
+    since ``keys`` (id, created_at, tenant) were read is kept.
     """
     rows = []
-    for record in records:
+    for key in keys:
         gone = (
             conn.execute(
                 transactions.delete()
-                .where(*_key(record.id, record.created_at, record.tenant))
+                .where(*_key(*key))
                 .returning(*(transactions.c[name] for name in TRANSACTION_COLUMNS))
             )
             .mappings()
